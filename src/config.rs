@@ -1,0 +1,965 @@
+//! The filter configuration: the typed model and its decoding from the plugin's JSON.
+//!
+//! The JSON mirrors ToolHive vMCP's `outgoingAuth` block (camelCase) so a vMCP block can be pasted
+//! in as-is, plus `authServer` (where the upstream tokens are in Envoy's dynamic metadata) and the
+//! Envoy-specific fields a token exchange needs. Decoding walks the JSON by hand instead of using
+//! serde's derive so that it can report *every* problem with its JSON path, not just the first.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::http;
+use crate::validate::{self, backend_path, quote, Problem, Problems, Rule, DEFAULT_PATH};
+
+pub const DEFAULT_METADATA_NAMESPACE: &str = "envoy.filters.http.ext_authz";
+pub const DEFAULT_METADATA_KEY: &str = "upstream_tokens";
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
+pub const MAX_TOKEN_BYTES_LIMIT: usize = 64 * 1024;
+pub const DEFAULT_EXCHANGE_TIMEOUT_MS: u64 = 5_000;
+pub const MAX_EXCHANGE_TIMEOUT_MS: u64 = 60_000;
+
+pub const STRATEGY_TYPES: [&str; 4] = [
+    "unauthenticated",
+    "header_injection",
+    "upstream_inject",
+    "token_exchange",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub auth_server: Option<AuthServer>,
+    pub outgoing_auth: OutgoingAuth,
+}
+
+/// The authorization server an earlier auth filter talks to, and where that filter leaves the
+/// user's upstream tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthServer {
+    pub upstreams: Vec<String>,
+    pub tokens: TokenSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSource {
+    /// `filter_metadata` namespace, e.g. `envoy.filters.http.ext_authz`.
+    pub namespace: String,
+    pub layout: TokenLayout,
+    /// Longer values count as missing.
+    pub max_token_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenLayout {
+    /// One Struct entry mapping provider name → token (gRPC ext_authz, `set_metadata`).
+    Struct { key: String },
+    /// One string entry per provider at `prefix + provider` (HTTP ext_authz
+    /// `dynamic_metadata_from_headers`).
+    KeyPrefix { prefix: String },
+}
+
+impl Default for TokenSource {
+    fn default() -> Self {
+        TokenSource {
+            namespace: DEFAULT_METADATA_NAMESPACE.to_owned(),
+            layout: TokenLayout::Struct {
+                key: DEFAULT_METADATA_KEY.to_owned(),
+            },
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutgoingAuth {
+    pub default: Option<Strategy>,
+    pub backends: BTreeMap<String, Strategy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    Unauthenticated,
+    HeaderInjection(HeaderInjection),
+    UpstreamInject(UpstreamInject),
+    TokenExchange(TokenExchange),
+}
+
+impl Strategy {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Strategy::Unauthenticated => "unauthenticated",
+            Strategy::HeaderInjection(_) => "header_injection",
+            Strategy::UpstreamInject(_) => "upstream_inject",
+            Strategy::TokenExchange(_) => "token_exchange",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderInjection {
+    pub header_name: String,
+    pub value: SecretSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamInject {
+    pub provider_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenExchange {
+    pub token_url: TokenUrl,
+    pub cluster: String,
+    pub client_id: Option<String>,
+    pub client_secret: Option<SecretSource>,
+    pub audience: Option<String>,
+    pub scopes: Vec<String>,
+    pub subject_token_type: SubjectTokenType,
+    pub subject_provider_name: Option<String>,
+    pub timeout_ms: u64,
+}
+
+/// A `tokenUrl` split into what an Envoy HTTP call needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenUrl {
+    pub url: String,
+    pub authority: String,
+    /// Path and query, at least `/`.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectTokenType {
+    AccessToken,
+    IdToken,
+    Jwt,
+}
+
+impl SubjectTokenType {
+    pub fn urn(self) -> &'static str {
+        match self {
+            SubjectTokenType::AccessToken => "urn:ietf:params:oauth:token-type:access_token",
+            SubjectTokenType::IdToken => "urn:ietf:params:oauth:token-type:id_token",
+            SubjectTokenType::Jwt => "urn:ietf:params:oauth:token-type:jwt",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        let short = s
+            .strip_prefix("urn:ietf:params:oauth:token-type:")
+            .unwrap_or(s);
+        match short {
+            "access_token" => Some(SubjectTokenType::AccessToken),
+            "id_token" => Some(SubjectTokenType::IdToken),
+            "jwt" => Some(SubjectTokenType::Jwt),
+            _ => None,
+        }
+    }
+}
+
+/// A secret as configured (inline or by environment variable) and its value resolved at load time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretSource {
+    /// The environment variable it came from; `None` when written inline.
+    pub env: Option<String>,
+    pub value: Secret,
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretSource")
+            .field("env", &self.env)
+            .field("value", &self.value)
+            .finish()
+    }
+}
+
+/// A secret value. Its `Debug` is redacted and it has no `Display`, so it cannot reach a log line
+/// by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A decoded configuration, with the warnings it raised.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Problem>,
+}
+
+/// Decodes and validates the plugin configuration. `env` looks up environment variables (the VM's
+/// `vm_config.environment_variables` inside Envoy; the process environment in the CLI).
+///
+/// On failure returns every problem found (errors and warnings).
+pub fn load(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Vec<Problem>> {
+    let mut problems = Problems::default();
+    let config = decode(json, env, &mut problems);
+    if let Some(config) = &config {
+        validate::check_auth_server_integration(config, &mut problems);
+    }
+    match config {
+        Some(config) if !problems.has_errors() => Ok(Loaded {
+            config,
+            warnings: problems.into_vec(),
+        }),
+        _ => Err(problems.into_vec()),
+    }
+}
+
+fn decode(
+    json: &[u8],
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> Option<Config> {
+    if json.iter().all(u8::is_ascii_whitespace) {
+        problems.report(
+            Rule::S01,
+            "$",
+            "the plugin configuration is empty; set the wasm filter's `configuration` to this \
+             filter's JSON (a google.protobuf.StringValue)",
+        );
+        return None;
+    }
+    let root: Value = match serde_json::from_slice(json) {
+        Ok(v) => v,
+        Err(e) => {
+            problems.report(
+                Rule::S01,
+                "$",
+                format!(
+                    "invalid JSON at line {} column {}: {}",
+                    e.line(),
+                    e.column(),
+                    json_error_kind(&e)
+                ),
+            );
+            return None;
+        }
+    };
+    let mut d = Decoder { problems, env };
+    let top = d.object(&root, "$", &["authServer", "outgoingAuth"])?;
+    let auth_server = top
+        .get("authServer")
+        .and_then(|v| d.auth_server(v, "authServer"));
+    let outgoing_auth = match top.get("outgoingAuth") {
+        Some(v) => d.outgoing_auth(v, "outgoingAuth"),
+        None => {
+            d.problems.report(
+                Rule::S04,
+                "outgoingAuth",
+                "outgoingAuth is required: it says how requests to each backend authenticate",
+            );
+            None
+        }
+    };
+    Some(Config {
+        auth_server,
+        outgoing_auth: outgoing_auth?,
+    })
+}
+
+/// serde_json's message without its own " at line X column Y" suffix (we print those ourselves).
+fn json_error_kind(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text.get(..i).unwrap_or(&text).to_owned(),
+        None => text,
+    }
+}
+
+/// Walks the JSON value, reporting problems as it goes. Each method returns `None` when the value
+/// it decodes is unusable (the problem has been reported).
+struct Decoder<'p, 'e> {
+    problems: &'p mut Problems,
+    env: &'e dyn Fn(&str) -> Option<String>,
+}
+
+/// A JSON object whose unknown fields have been reported; `null` members count as absent.
+struct Obj<'a> {
+    map: &'a Map<String, Value>,
+    path: String,
+}
+
+impl<'a> Obj<'a> {
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn field(&self, key: &str) -> String {
+        if self.path == "$" {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl Decoder<'_, '_> {
+    fn object<'a>(&mut self, v: &'a Value, path: &str, known: &[&str]) -> Option<Obj<'a>> {
+        let Value::Object(map) = v else {
+            self.wrong_type(path, "an object", v);
+            return None;
+        };
+        for key in map.keys() {
+            if !known.contains(&key.as_str()) {
+                self.problems.report(
+                    Rule::S02,
+                    &if path == "$" {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    },
+                    format!(
+                        "unknown field {}; the fields allowed here are: {}",
+                        quote(key),
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        Some(Obj {
+            map,
+            path: path.to_owned(),
+        })
+    }
+
+    fn wrong_type(&mut self, path: &str, expected: &str, v: &Value) {
+        self.problems.report(
+            Rule::S03,
+            path,
+            format!("expected {expected}, found {}", type_name(v)),
+        );
+    }
+
+    fn string<'a>(&mut self, obj: &Obj<'a>, key: &str) -> Option<&'a str> {
+        match obj.get(key)? {
+            Value::String(s) => Some(s),
+            other => {
+                self.wrong_type(&obj.field(key), "a string", other);
+                None
+            }
+        }
+    }
+
+    /// A string that must be present and not blank.
+    fn required_string<'a>(&mut self, obj: &Obj<'a>, key: &str, why: &str) -> Option<&'a str> {
+        if obj.get(key).is_none() {
+            self.problems.report(
+                Rule::S04,
+                &obj.field(key),
+                format!("{key} is required: {why}"),
+            );
+            return None;
+        }
+        let s = self.string(obj, key)?;
+        if s.trim().is_empty() {
+            self.problems.report(
+                Rule::S04,
+                &obj.field(key),
+                format!("{key} must not be empty: {why}"),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    fn string_array(&mut self, obj: &Obj<'_>, key: &str) -> Option<Vec<String>> {
+        let v = obj.get(key)?;
+        let Value::Array(items) = v else {
+            self.wrong_type(&obj.field(key), "an array of strings", v);
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match item {
+                Value::String(s) => out.push(s.clone()),
+                other => self.wrong_type(&format!("{}[{i}]", obj.field(key)), "a string", other),
+            }
+        }
+        Some(out)
+    }
+
+    fn integer(&mut self, obj: &Obj<'_>, key: &str, min: u64, max: u64) -> Option<u64> {
+        let v = obj.get(key)?;
+        let Some(n) = v.as_u64() else {
+            if v.is_number() {
+                self.problems.report(
+                    Rule::S14,
+                    &obj.field(key),
+                    format!("{key} must be a whole number from {min} to {max}"),
+                );
+            } else {
+                self.wrong_type(&obj.field(key), "a whole number", v);
+            }
+            return None;
+        };
+        if !(min..=max).contains(&n) {
+            self.problems.report(
+                Rule::S14,
+                &obj.field(key),
+                format!("{key} is {n}; it must be from {min} to {max}"),
+            );
+            return None;
+        }
+        Some(n)
+    }
+
+    fn auth_server(&mut self, v: &Value, path: &str) -> Option<AuthServer> {
+        let obj = self.object(v, path, &["upstreams", "tokens"])?;
+        let upstreams = self.upstreams(&obj);
+        let tokens = match obj.get("tokens") {
+            Some(v) => self.tokens(v, &obj.field("tokens")),
+            None => Some(TokenSource::default()),
+        };
+        Some(AuthServer {
+            upstreams: upstreams?,
+            tokens: tokens?,
+        })
+    }
+
+    fn upstreams(&mut self, obj: &Obj<'_>) -> Option<Vec<String>> {
+        let path = obj.field("upstreams");
+        let Some(names) = self.string_array(obj, "upstreams") else {
+            if obj.get("upstreams").is_none() {
+                // V-05 reports the empty list with advice; nothing structural to add.
+                return Some(Vec::new());
+            }
+            return None;
+        };
+        let mut ok = true;
+        for (i, name) in names.iter().enumerate() {
+            if !is_upstream_name(name) {
+                ok = false;
+                self.problems.report(
+                    Rule::S08,
+                    &format!("{path}[{i}]"),
+                    format!(
+                        "upstream name {} is invalid: use lowercase letters, digits and '-', \
+                         starting and ending with a letter or digit (^[a-z0-9]([a-z0-9-]*[a-z0-9])?$)",
+                        quote(name)
+                    ),
+                );
+            } else if names.get(..i).is_some_and(|before| before.contains(name)) {
+                ok = false;
+                self.problems.report(
+                    Rule::S08,
+                    &format!("{path}[{i}]"),
+                    format!("upstream name {} is listed more than once", quote(name)),
+                );
+            }
+        }
+        ok.then_some(names)
+    }
+
+    fn tokens(&mut self, v: &Value, path: &str) -> Option<TokenSource> {
+        let obj = self.object(
+            v,
+            path,
+            &[
+                "metadataNamespace",
+                "metadataKey",
+                "keyPrefix",
+                "maxTokenBytes",
+            ],
+        )?;
+        let mut ok = true;
+        let mut non_empty = |d: &mut Self, key: &str| -> Option<String> {
+            let s = d.string(&obj, key)?;
+            if s.is_empty() {
+                d.problems.report(
+                    Rule::S12,
+                    &obj.field(key),
+                    format!("{key} must not be empty"),
+                );
+                ok = false;
+                return None;
+            }
+            Some(s.to_owned())
+        };
+        let namespace = non_empty(self, "metadataNamespace");
+        let key = non_empty(self, "metadataKey");
+        let prefix = non_empty(self, "keyPrefix");
+        let layout = match (key, prefix) {
+            (Some(_), Some(_)) => {
+                self.problems.report(
+                    Rule::S12,
+                    path,
+                    "set only one of metadataKey (a Struct of provider → token, as gRPC ext_authz \
+                     or set_metadata writes it) and keyPrefix (one entry per provider, as HTTP \
+                     ext_authz dynamic_metadata_from_headers writes it)",
+                );
+                None
+            }
+            (None, Some(prefix)) => Some(TokenLayout::KeyPrefix { prefix }),
+            (key, None) => Some(TokenLayout::Struct {
+                key: key.unwrap_or_else(|| DEFAULT_METADATA_KEY.to_owned()),
+            }),
+        };
+        let max = match obj.get("maxTokenBytes") {
+            Some(_) => self
+                .integer(&obj, "maxTokenBytes", 1, MAX_TOKEN_BYTES_LIMIT as u64)
+                .map(|n| n as usize),
+            None => Some(DEFAULT_MAX_TOKEN_BYTES),
+        };
+        if !ok {
+            return None;
+        }
+        Some(TokenSource {
+            namespace: namespace.unwrap_or_else(|| DEFAULT_METADATA_NAMESPACE.to_owned()),
+            layout: layout?,
+            max_token_bytes: max?,
+        })
+    }
+
+    fn outgoing_auth(&mut self, v: &Value, path: &str) -> Option<OutgoingAuth> {
+        let obj = self.object(v, path, &["source", "default", "backends"])?;
+        if let Some(source) = self.string(&obj, "source") {
+            match source {
+                "inline" => {}
+                "discovered" => self.problems.report(
+                    Rule::S07,
+                    &obj.field("source"),
+                    "source \"discovered\" is a vMCP mode that reads auth from backend workloads; \
+                     it has no meaning in Envoy: use \"inline\" (or omit source) and list the \
+                     backends here",
+                ),
+                other => self.problems.report(
+                    Rule::S07,
+                    &obj.field("source"),
+                    format!("source {} is not supported; use \"inline\"", quote(other)),
+                ),
+            }
+        }
+        let default = obj.get("default").map(|v| self.strategy(v, DEFAULT_PATH));
+        let mut backends = BTreeMap::new();
+        let mut backends_ok = true;
+        if let Some(v) = obj.get("backends") {
+            match v {
+                Value::Object(map) => {
+                    for (name, v) in map {
+                        let path = backend_path(name);
+                        if name.trim().is_empty() {
+                            self.problems.report(
+                                Rule::S04,
+                                &path,
+                                "a backend name must not be empty: it is matched against route \
+                                 metadata, cluster metadata or the cluster name",
+                            );
+                        }
+                        match self.strategy(v, &path) {
+                            Some(s) => {
+                                backends.insert(name.clone(), s);
+                            }
+                            None => backends_ok = false,
+                        }
+                    }
+                }
+                other => {
+                    self.wrong_type(&obj.field("backends"), "an object", other);
+                    backends_ok = false;
+                }
+            }
+        }
+        let default = match default {
+            Some(Some(s)) => Some(s),
+            Some(None) => return None,
+            None => None,
+        };
+        backends_ok.then_some(OutgoingAuth { default, backends })
+    }
+
+    fn strategy(&mut self, v: &Value, path: &str) -> Option<Strategy> {
+        const SUB_OBJECTS: [(&str, &str); 3] = [
+            ("header_injection", "headerInjection"),
+            ("upstream_inject", "upstreamInject"),
+            ("token_exchange", "tokenExchange"),
+        ];
+        let obj = self.object(
+            v,
+            path,
+            &["type", "headerInjection", "upstreamInject", "tokenExchange"],
+        )?;
+        let kind = self.required_string(&obj, "type", "the strategy type")?;
+        if !STRATEGY_TYPES.contains(&kind) {
+            self.problems.report(
+                Rule::S05,
+                &obj.field("type"),
+                format!(
+                    "unknown strategy type {}; valid types are: {}",
+                    quote(kind),
+                    STRATEGY_TYPES.join(", ")
+                ),
+            );
+            return None;
+        }
+        // Each sub-object is set if and only if its type is selected (as the CRD's CEL rules say).
+        let mut ok = true;
+        for (ty, field) in SUB_OBJECTS {
+            let present = obj.get(field).is_some();
+            if present != (kind == ty) {
+                ok = false;
+                let msg = if kind == "unauthenticated" {
+                    format!("no configuration must be set when type is 'unauthenticated'; remove {field}")
+                } else {
+                    format!("{field} configuration must be set if and only if type is '{ty}'")
+                };
+                self.problems.report(Rule::S06, &obj.field(field), msg);
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let sub = |field: &str| obj.get(field).unwrap_or(&Value::Null);
+        match kind {
+            "header_injection" => self
+                .header_injection(sub("headerInjection"), &obj.field("headerInjection"))
+                .map(Strategy::HeaderInjection),
+            "upstream_inject" => self
+                .upstream_inject(sub("upstreamInject"), &obj.field("upstreamInject"))
+                .map(Strategy::UpstreamInject),
+            "token_exchange" => self
+                .token_exchange(sub("tokenExchange"), &obj.field("tokenExchange"))
+                .map(Strategy::TokenExchange),
+            _ => Some(Strategy::Unauthenticated),
+        }
+    }
+
+    fn header_injection(&mut self, v: &Value, path: &str) -> Option<HeaderInjection> {
+        let obj = self.object(v, path, &["headerName", "headerValue", "headerValueEnv"])?;
+        let name = self.required_string(&obj, "headerName", "the header to set")?;
+        let name_ok = self.header_name(name, &obj.field("headerName"));
+        let value = self.secret(&obj, "headerValue", "headerValueEnv", true);
+        let value = value?;
+        if let Some(reason) = http::header_value_problem(value.value.expose()) {
+            let what = match &value.env {
+                Some(var) => format!("the value of environment variable {var}"),
+                None => "headerValue".to_owned(),
+            };
+            let field = if value.env.is_some() {
+                "headerValueEnv"
+            } else {
+                "headerValue"
+            };
+            self.problems.report(
+                Rule::S10,
+                &obj.field(field),
+                format!("{what} {reason}; a header value cannot carry it"),
+            );
+            return None;
+        }
+        name_ok.then(|| HeaderInjection {
+            header_name: name.to_ascii_lowercase(),
+            value,
+        })
+    }
+
+    fn header_name(&mut self, name: &str, path: &str) -> bool {
+        if !http::is_token(name) {
+            self.problems.report(
+                Rule::S09,
+                path,
+                format!(
+                    "header name {} is not a valid HTTP field name (letters, digits and \
+                     !#$%&'*+-.^_`|~ only)",
+                    quote(name)
+                ),
+            );
+            return false;
+        }
+        if http::is_reserved_header(name) {
+            self.problems.report(
+                Rule::S09,
+                path,
+                format!(
+                    "header {} is managed by Envoy (connection or framing) and cannot be injected",
+                    quote(name)
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Exactly one of an inline field and an `...Env` field; the value is resolved now.
+    fn secret(
+        &mut self,
+        obj: &Obj<'_>,
+        inline_key: &str,
+        env_key: &str,
+        required: bool,
+    ) -> Option<SecretSource> {
+        let inline = self.string(obj, inline_key);
+        let env_name = self.string(obj, env_key);
+        match (inline, env_name) {
+            (Some(_), Some(_)) => {
+                self.problems.report(
+                    Rule::S04,
+                    &obj.path,
+                    format!("only one of {inline_key} or {env_key} must be set"),
+                );
+                None
+            }
+            (Some(value), None) => {
+                if value.is_empty() {
+                    self.problems.report(
+                        Rule::S04,
+                        &obj.field(inline_key),
+                        format!("{inline_key} must not be empty"),
+                    );
+                    return None;
+                }
+                Some(SecretSource {
+                    env: None,
+                    value: Secret::new(value.to_owned()),
+                })
+            }
+            (None, Some(var)) => {
+                let path = obj.field(env_key);
+                if !is_env_name(var) {
+                    self.problems.report(
+                        Rule::S11,
+                        &path,
+                        format!("{} is not a valid environment variable name", quote(var)),
+                    );
+                    return None;
+                }
+                match (self.env)(var) {
+                    Some(value) if !value.is_empty() => Some(SecretSource {
+                        env: Some(var.to_owned()),
+                        value: Secret::new(value),
+                    }),
+                    _ => {
+                        self.problems.report(
+                            Rule::S11,
+                            &path,
+                            format!(
+                                "environment variable {var} not set or empty in the VM; set it \
+                                 in Envoy's environment and list it in \
+                                 vm_config.environment_variables.host_env_keys"
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, None) => {
+                if required && obj.get(inline_key).is_none() && obj.get(env_key).is_none() {
+                    self.problems.report(
+                        Rule::S04,
+                        &obj.path,
+                        format!("either {inline_key} or {env_key} must be set"),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn upstream_inject(&mut self, v: &Value, path: &str) -> Option<UpstreamInject> {
+        let obj = self.object(v, path, &["providerName"])?;
+        // Missing and blank are the same mistake; V-06 reports both with ToolHive's wording.
+        let provider_name = match obj.get("providerName") {
+            Some(_) => self.string(&obj, "providerName")?.to_owned(),
+            None => String::new(),
+        };
+        Some(UpstreamInject { provider_name })
+    }
+
+    fn token_exchange(&mut self, v: &Value, path: &str) -> Option<TokenExchange> {
+        let obj = self.object(
+            v,
+            path,
+            &[
+                "tokenUrl",
+                "cluster",
+                "clientId",
+                "clientSecret",
+                "clientSecretEnv",
+                "audience",
+                "scopes",
+                "subjectTokenType",
+                "subjectProviderName",
+                "timeoutMs",
+            ],
+        )?;
+        let mut ok = true;
+        let token_url = self
+            .required_string(&obj, "tokenUrl", "the STS token endpoint")
+            .and_then(|url| match parse_token_url(url) {
+                Ok(u) => Some(u),
+                Err(why) => {
+                    self.problems.report(Rule::S13, &obj.field("tokenUrl"), why);
+                    None
+                }
+            });
+        let cluster = self.required_string(
+            &obj,
+            "cluster",
+            "the Envoy cluster that reaches the STS (tokenUrl's host)",
+        );
+        let client_id = self.string(&obj, "clientId").filter(|s| !s.is_empty());
+        let has_secret_field =
+            obj.get("clientSecret").is_some() || obj.get("clientSecretEnv").is_some();
+        let client_secret = if has_secret_field {
+            let secret = self.secret(&obj, "clientSecret", "clientSecretEnv", false);
+            if secret.is_none() {
+                ok = false;
+            }
+            if client_id.is_none() {
+                ok = false;
+                let field = if obj.get("clientSecret").is_some() {
+                    "clientSecret"
+                } else {
+                    "clientSecretEnv"
+                };
+                self.problems.report(
+                    Rule::S13,
+                    &obj.field(field),
+                    format!("{field} cannot be provided without clientId"),
+                );
+            }
+            if secret.as_ref().is_some_and(|s| s.env.is_none()) {
+                self.problems.report(
+                    Rule::W01,
+                    &obj.field("clientSecret"),
+                    "the client secret is written inline in the configuration; prefer \
+                     clientSecretEnv so the secret stays out of Envoy's config and config_dump",
+                );
+            }
+            secret
+        } else {
+            None
+        };
+        let audience = self.string(&obj, "audience").map(str::to_owned);
+        let scopes = self.string_array(&obj, "scopes").unwrap_or_default();
+        for (i, scope) in scopes.iter().enumerate() {
+            if !http::is_scope_token(scope) {
+                ok = false;
+                self.problems.report(
+                    Rule::S13,
+                    &format!("{}[{i}]", obj.field("scopes")),
+                    format!(
+                        "scope {} is not a valid OAuth scope token (no spaces, quotes or \
+                         backslashes; not empty)",
+                        quote(scope)
+                    ),
+                );
+            }
+        }
+        let subject_token_type = match self.string(&obj, "subjectTokenType") {
+            None | Some("") => Some(SubjectTokenType::AccessToken),
+            Some(s) => {
+                let parsed = SubjectTokenType::parse(s);
+                if parsed.is_none() {
+                    self.problems.report(
+                        Rule::S13,
+                        &obj.field("subjectTokenType"),
+                        format!(
+                            "invalid subjectTokenType {}: must be one of: access_token, \
+                             id_token, jwt (or their urn:ietf:params:oauth:token-type: forms)",
+                            quote(s)
+                        ),
+                    );
+                }
+                parsed
+            }
+        };
+        let subject_provider_name = self.string(&obj, "subjectProviderName").map(str::to_owned);
+        let timeout_ms = match obj.get("timeoutMs") {
+            Some(_) => self.integer(&obj, "timeoutMs", 1, MAX_EXCHANGE_TIMEOUT_MS),
+            None => Some(DEFAULT_EXCHANGE_TIMEOUT_MS),
+        };
+        if !ok {
+            return None;
+        }
+        Some(TokenExchange {
+            token_url: token_url?,
+            cluster: cluster?.to_owned(),
+            client_id: client_id.map(str::to_owned),
+            client_secret,
+            audience,
+            scopes,
+            subject_token_type: subject_token_type?,
+            subject_provider_name,
+            timeout_ms: timeout_ms?,
+        })
+    }
+}
+
+/// ToolHive's upstream name rule: `^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`.
+pub fn is_upstream_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    match (b.first(), b.last()) {
+        (Some(first), Some(last)) => {
+            alnum(first) && alnum(last) && b.iter().all(|c| alnum(c) || *c == b'-')
+        }
+        _ => false,
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// Accepts an absolute `http`/`https` URL and splits it for an Envoy HTTP call.
+fn parse_token_url(url: &str) -> Result<TokenUrl, String> {
+    let bad = |why: &str| format!("tokenUrl {} {why}", quote(url));
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| bad("must be an absolute http:// or https:// URL"))?;
+    if url.bytes().any(|c| c <= b' ' || c == 0x7f) {
+        return Err(bad("must not contain spaces or control characters"));
+    }
+    let rest = rest.split('#').next().unwrap_or_default();
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (
+            rest.get(..i).unwrap_or_default(),
+            rest.get(i..).unwrap_or_default(),
+        ),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Err(bad("must name a host (and no user information)"));
+    }
+    let path = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    Ok(TokenUrl {
+        url: url.to_owned(),
+        authority: authority.to_owned(),
+        path,
+    })
+}

@@ -1,0 +1,27 @@
+//! outgoing-auth: an Envoy proxy-wasm HTTP filter that authenticates the requests an MCP gateway
+//! sends to its backend MCP servers.
+//!
+//! Everything but [`filter`] and [`host`] is host-independent and unit-tested natively; those two
+//! modules are the thin proxy-wasm adapter and only exist in the wasm build.
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metadata;
+pub mod stats;
+pub mod strategy;
+pub mod validate;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
+#[cfg(target_arch = "wasm32")]
+mod host;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    // Any root_id: Envoy's default is empty, Istio and Envoy Gateway set their own.
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(filter::Root::default())
+    });
+}}
