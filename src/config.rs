@@ -209,10 +209,15 @@ pub struct Loaded {
 /// On failure returns every problem found (errors and warnings).
 pub fn load(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Vec<Problem>> {
     let mut problems = Problems::default();
-    let config = decode(json, env, &mut problems);
-    if let Some(config) = &config {
+    let decoded = decode(json, env, &mut problems);
+    if let Some(Decoded {
+        config,
+        auth_server_broken: false,
+    }) = &decoded
+    {
         validate::check_auth_server_integration(config, &mut problems);
     }
+    let config = decoded.map(|d| d.config);
     match config {
         Some(config) if !problems.has_errors() => Ok(Loaded {
             config,
@@ -222,11 +227,19 @@ pub fn load(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded,
     }
 }
 
+/// A decoded config; after structural errors it holds what could be decoded, so the cross-field
+/// rules still run on it (the errors already make the config fail).
+struct Decoded {
+    config: Config,
+    /// `authServer` is present but unusable: the cross-field rules would only add noise.
+    auth_server_broken: bool,
+}
+
 fn decode(
     json: &[u8],
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Problems,
-) -> Option<Config> {
+) -> Option<Decoded> {
     if json.iter().all(u8::is_ascii_whitespace) {
         problems.report(
             Rule::S01,
@@ -254,9 +267,9 @@ fn decode(
     };
     let mut d = Decoder { problems, env };
     let top = d.object(&root, "$", &["authServer", "outgoingAuth"])?;
-    let auth_server = top
-        .get("authServer")
-        .and_then(|v| d.auth_server(v, "authServer"));
+    let auth_server_value = top.get("authServer");
+    let auth_server = auth_server_value.and_then(|v| d.auth_server(v, "authServer"));
+    let auth_server_broken = auth_server_value.is_some() && auth_server.is_none();
     let outgoing_auth = match top.get("outgoingAuth") {
         Some(v) => d.outgoing_auth(v, "outgoingAuth"),
         None => {
@@ -268,9 +281,12 @@ fn decode(
             None
         }
     };
-    Some(Config {
-        auth_server,
-        outgoing_auth: outgoing_auth?,
+    Some(Decoded {
+        config: Config {
+            auth_server,
+            outgoing_auth: outgoing_auth?,
+        },
+        auth_server_broken,
     })
 }
 
@@ -559,7 +575,6 @@ impl Decoder<'_, '_> {
         }
         let default = obj.get("default").map(|v| self.strategy(v, DEFAULT_PATH));
         let mut backends = BTreeMap::new();
-        let mut backends_ok = true;
         if let Some(v) = obj.get("backends") {
             match v {
                 Value::Object(map) => {
@@ -573,26 +588,18 @@ impl Decoder<'_, '_> {
                                  metadata, cluster metadata or the cluster name",
                             );
                         }
-                        match self.strategy(v, &path) {
-                            Some(s) => {
-                                backends.insert(name.clone(), s);
-                            }
-                            None => backends_ok = false,
+                        if let Some(s) = self.strategy(v, &path) {
+                            backends.insert(name.clone(), s);
                         }
                     }
                 }
-                other => {
-                    self.wrong_type(&obj.field("backends"), "an object", other);
-                    backends_ok = false;
-                }
+                other => self.wrong_type(&obj.field("backends"), "an object", other),
             }
         }
-        let default = match default {
-            Some(Some(s)) => Some(s),
-            Some(None) => return None,
-            None => None,
-        };
-        backends_ok.then_some(OutgoingAuth { default, backends })
+        Some(OutgoingAuth {
+            default: default.flatten(),
+            backends,
+        })
     }
 
     fn strategy(&mut self, v: &Value, path: &str) -> Option<Strategy> {

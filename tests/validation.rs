@@ -1,0 +1,760 @@
+//! Startup validation, rule by rule: a config that passes and one that fails each rule, with the
+//! rule ID, the JSON path and the wording operators will see in Envoy's log.
+
+use outgoing_auth::config::{self, Strategy, SubjectTokenType, TokenLayout};
+use outgoing_auth::validate::{Problem, Rule};
+use serde_json::{json, Value};
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "INTERNAL_KEY" => Some("internal-secret".to_owned()),
+        "EMPTY" => Some(String::new()),
+        "NEWLINE_SECRET" => Some("secret\n".to_owned()),
+        "STS_SECRET" => Some("sts-secret".to_owned()),
+        _ => None,
+    }
+}
+
+fn load(v: &Value) -> Result<config::Loaded, Vec<Problem>> {
+    config::load(v.to_string().as_bytes(), &env)
+}
+
+fn errors(v: &Value) -> Vec<Problem> {
+    match load(v) {
+        Ok(_) => panic!("config was accepted: {v}"),
+        Err(problems) => problems,
+    }
+}
+
+/// The only error of a config, checked for rule and path.
+fn only_error(v: &Value, rule: Rule, path: &str) -> String {
+    let problems = errors(v);
+    let errs: Vec<_> = problems.iter().filter(|p| !p.rule.is_warning()).collect();
+    assert_eq!(errs.len(), 1, "expected one error, got {problems:#?}");
+    assert_eq!(errs[0].rule, rule, "{problems:#?}");
+    assert_eq!(errs[0].path, path, "{problems:#?}");
+    errs[0].to_string()
+}
+
+fn with_auth_server(outgoing: Value) -> Value {
+    json!({ "authServer": { "upstreams": ["github", "atlassian"] }, "outgoingAuth": outgoing })
+}
+
+fn inject(provider: &str) -> Value {
+    json!({ "type": "upstream_inject", "upstreamInject": { "providerName": provider } })
+}
+
+fn exchange(fields: Value) -> Value {
+    let mut te = json!({ "tokenUrl": "https://sts.example/oauth2/token", "cluster": "sts" });
+    if let (Some(base), Some(extra)) = (te.as_object_mut(), fields.as_object()) {
+        for (k, v) in extra {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    json!({ "type": "token_exchange", "tokenExchange": te })
+}
+
+#[test]
+fn the_issue_example_is_accepted_as_written() {
+    let v = json!({
+      "authServer": {
+        "upstreams": ["github", "atlassian"],
+        "tokens": { "metadataNamespace": "envoy.filters.http.ext_authz", "metadataKey": "upstream_tokens" }
+      },
+      "outgoingAuth": {
+        "source": "inline",
+        "default": { "type": "unauthenticated" },
+        "backends": {
+          "github-mcp": { "type": "upstream_inject", "upstreamInject": { "providerName": "github" } },
+          "internal":   { "type": "header_injection",
+                          "headerInjection": { "headerName": "X-API-Key", "headerValueEnv": "INTERNAL_KEY" } }
+        }
+      }
+    });
+    let loaded = load(&v).unwrap();
+    assert!(loaded.warnings.is_empty());
+    let c = loaded.config;
+    let auth = c.auth_server.unwrap();
+    assert_eq!(auth.upstreams, ["github", "atlassian"]);
+    assert_eq!(auth.tokens.namespace, "envoy.filters.http.ext_authz");
+    assert_eq!(
+        auth.tokens.layout,
+        TokenLayout::Struct {
+            key: "upstream_tokens".into()
+        }
+    );
+    assert_eq!(auth.tokens.max_token_bytes, 16384);
+    assert_eq!(c.outgoing_auth.default, Some(Strategy::Unauthenticated));
+    match &c.outgoing_auth.backends["internal"] {
+        Strategy::HeaderInjection(h) => {
+            assert_eq!(h.header_name, "x-api-key");
+            assert_eq!(h.value.env.as_deref(), Some("INTERNAL_KEY"));
+            assert_eq!(h.value.value.expose(), "internal-secret");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn defaults_apply_when_tokens_is_omitted() {
+    let c = load(&with_auth_server(json!({ "default": inject("github") })))
+        .unwrap()
+        .config;
+    let tokens = c.auth_server.unwrap().tokens;
+    assert_eq!(tokens.namespace, "envoy.filters.http.ext_authz");
+    assert_eq!(
+        tokens.layout,
+        TokenLayout::Struct {
+            key: "upstream_tokens".into()
+        }
+    );
+}
+
+#[test]
+fn null_members_count_as_absent() {
+    let v = json!({ "authServer": null, "outgoingAuth": { "source": null, "default": null, "backends": null } });
+    let c = load(&v).unwrap().config;
+    assert_eq!(c.auth_server, None);
+    assert_eq!(c.outgoing_auth.default, None);
+}
+
+// ---- V-01: upstream tokens needed but no authServer
+
+#[test]
+fn v01_upstream_inject_without_auth_server() {
+    let v = json!({ "outgoingAuth": { "backends": { "github-mcp": inject("github") } } });
+    let text = only_error(&v, Rule::V01, "outgoingAuth.backends[\"github-mcp\"]");
+    assert!(
+        text.contains(
+            "outgoingAuth backend \"github-mcp\" uses upstream_inject but no authServer is configured;"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn v01_token_exchange_with_subject_provider_without_auth_server() {
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({ "subjectProviderName": "github" })) } });
+    let text = only_error(&v, Rule::V01, "outgoingAuth.default");
+    assert!(text.contains(
+        "outgoingAuth default strategy uses token_exchange but no authServer is configured"
+    ));
+}
+
+#[test]
+fn v01_passes_without_upstream_token_strategies() {
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({})), "backends": { "a": { "type": "unauthenticated" } } } });
+    assert!(load(&v).is_ok());
+}
+
+// ---- V-02: provider must be an authServer upstream
+
+#[test]
+fn v02_unknown_provider_names_backend_and_provider() {
+    let v = with_auth_server(json!({ "backends": { "gitlab-mcp": inject("gitlab") } }));
+    let text = only_error(
+        &v,
+        Rule::V02,
+        "outgoingAuth.backends[\"gitlab-mcp\"].upstreamInject.providerName",
+    );
+    assert!(text.contains("outgoingAuth backend \"gitlab-mcp\" references upstream provider \"gitlab\" which is not configured in authServer.upstreams"), "{text}");
+    assert!(text.contains("github, atlassian"), "{text}");
+}
+
+#[test]
+fn v02_checks_subject_provider_name_too() {
+    let v = with_auth_server(
+        json!({ "backends": { "corp": exchange(json!({ "subjectProviderName": "okta" })) } }),
+    );
+    let text = only_error(
+        &v,
+        Rule::V02,
+        "outgoingAuth.backends[\"corp\"].tokenExchange.subjectProviderName",
+    );
+    assert!(text.contains("\"okta\""));
+}
+
+#[test]
+fn v02_passes_for_known_providers_and_for_the_default_strategy() {
+    let v = with_auth_server(json!({
+        "default": inject("github"),
+        "backends": { "a": inject("atlassian"), "b": exchange(json!({ "subjectProviderName": "github" })) }
+    }));
+    assert!(load(&v).is_ok());
+}
+
+#[test]
+fn v02_default_strategy_with_unknown_provider() {
+    let v = with_auth_server(json!({ "default": inject("nonexistent") }));
+    only_error(
+        &v,
+        Rule::V02,
+        "outgoingAuth.default.upstreamInject.providerName",
+    );
+}
+
+// ---- V-05: authServer needs upstreams
+
+#[test]
+fn v05_auth_server_without_upstreams() {
+    let v = json!({ "authServer": { "upstreams": [] }, "outgoingAuth": {} });
+    only_error(&v, Rule::V05, "authServer.upstreams");
+    let v = json!({ "authServer": {}, "outgoingAuth": {} });
+    only_error(&v, Rule::V05, "authServer.upstreams");
+}
+
+// ---- V-06: providerName non-empty
+
+#[test]
+fn v06_empty_blank_or_missing_provider_name() {
+    for upstream_inject in [
+        json!({ "providerName": "" }),
+        json!({ "providerName": "  " }),
+        json!({}),
+    ] {
+        let v = with_auth_server(json!({ "backends": {
+            "github-mcp": { "type": "upstream_inject", "upstreamInject": upstream_inject } } }));
+        let text = only_error(
+            &v,
+            Rule::V06,
+            "outgoingAuth.backends[\"github-mcp\"].upstreamInject.providerName",
+        );
+        assert!(
+            text.contains(
+                "outgoingAuth backend \"github-mcp\" upstream_inject requires a non-empty providerName"
+            ),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn v06_blank_subject_provider_name() {
+    let v = with_auth_server(
+        json!({ "backends": { "corp": exchange(json!({ "subjectProviderName": " " })) } }),
+    );
+    only_error(
+        &v,
+        Rule::V06,
+        "outgoingAuth.backends[\"corp\"].tokenExchange.subjectProviderName",
+    );
+}
+
+#[test]
+fn v01_comes_before_v06_as_in_toolhive() {
+    let v = json!({ "outgoingAuth": { "default": inject("") } });
+    only_error(&v, Rule::V01, "outgoingAuth.default");
+}
+
+// ---- S-01: JSON
+
+#[test]
+fn s01_invalid_json_reports_line_and_column() {
+    let problems = config::load(b"{\n  \"outgoingAuth\": {,\n}", &env).unwrap_err();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].rule, Rule::S01);
+    assert!(
+        problems[0].message.contains("line 2 column"),
+        "{}",
+        problems[0]
+    );
+}
+
+#[test]
+fn s01_empty_configuration() {
+    let problems = config::load(b"  ", &env).unwrap_err();
+    assert_eq!(problems[0].rule, Rule::S01);
+    assert!(problems[0].message.contains("empty"));
+}
+
+#[test]
+fn s03_top_level_must_be_an_object() {
+    let problems = config::load(b"[1]", &env).unwrap_err();
+    assert_eq!(problems[0].rule, Rule::S03);
+}
+
+// ---- S-02: unknown fields, anywhere, all of them
+
+#[test]
+fn s02_reports_every_unknown_field_with_its_path() {
+    let v = json!({
+        "bogus": 1,
+        "authServer": { "upstreams": ["github"], "tokens": { "metadataKye": "x" } },
+        "outgoingAuth": {
+            "backends": { "github-mcp": { "type": "upstream_inject",
+                "upstreamInject": { "providerName": "github", "scope": "x" }, "extra": true } }
+        }
+    });
+    let problems = errors(&v);
+    let paths: Vec<_> = problems
+        .iter()
+        .filter(|p| p.rule == Rule::S02)
+        .map(|p| p.path.as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "bogus",
+            "authServer.tokens.metadataKye",
+            "outgoingAuth.backends[\"github-mcp\"].extra",
+            "outgoingAuth.backends[\"github-mcp\"].upstreamInject.scope",
+        ]
+    );
+    let typo = problems
+        .iter()
+        .find(|p| p.path.ends_with("metadataKye"))
+        .unwrap();
+    assert!(typo.message.contains("metadataKey"), "lists valid fields");
+}
+
+#[test]
+fn s02_a_pasted_vmcp_block_with_known_fields_only_passes() {
+    let v = with_auth_server(json!({ "source": "inline", "backends": { "x": inject("github") } }));
+    assert!(load(&v).is_ok());
+}
+
+// ---- S-03: wrong types
+
+#[test]
+fn s03_wrong_types_name_expected_and_found() {
+    let v = json!({ "outgoingAuth": { "backends": { "a": { "type": "header_injection",
+        "headerInjection": { "headerName": 5, "headerValue": "v" } } } } });
+    let text = only_error(
+        &v,
+        Rule::S03,
+        "outgoingAuth.backends[\"a\"].headerInjection.headerName",
+    );
+    assert!(text.contains("expected a string, found a number"));
+    let v = json!({ "authServer": { "upstreams": "github" }, "outgoingAuth": {} });
+    only_error(&v, Rule::S03, "authServer.upstreams");
+    let v = json!({ "outgoingAuth": { "backends": [] } });
+    only_error(&v, Rule::S03, "outgoingAuth.backends");
+}
+
+// ---- S-04: required fields
+
+#[test]
+fn s04_missing_outgoing_auth() {
+    let text = only_error(&json!({}), Rule::S04, "outgoingAuth");
+    assert!(text.contains("outgoingAuth is required"));
+}
+
+#[test]
+fn s04_missing_type() {
+    let v = json!({ "outgoingAuth": { "default": {} } });
+    only_error(&v, Rule::S04, "outgoingAuth.default.type");
+}
+
+#[test]
+fn s04_header_injection_needs_exactly_one_value_source() {
+    let none = json!({ "outgoingAuth": { "default": { "type": "header_injection",
+        "headerInjection": { "headerName": "X-Key" } } } });
+    let text = only_error(&none, Rule::S04, "outgoingAuth.default.headerInjection");
+    assert!(text.contains("either headerValue or headerValueEnv must be set"));
+    let both = json!({ "outgoingAuth": { "default": { "type": "header_injection",
+        "headerInjection": { "headerName": "X-Key", "headerValue": "v", "headerValueEnv": "INTERNAL_KEY" } } } });
+    let text = only_error(&both, Rule::S04, "outgoingAuth.default.headerInjection");
+    assert!(text.contains("only one of headerValue or headerValueEnv must be set"));
+}
+
+#[test]
+fn s04_empty_backend_name() {
+    let v = json!({ "outgoingAuth": { "backends": { "": { "type": "unauthenticated" } } } });
+    only_error(&v, Rule::S04, "outgoingAuth.backends[\"\"]");
+}
+
+// ---- S-05: strategy types
+
+#[test]
+fn s05_unknown_type_lists_valid_types() {
+    let v = json!({ "outgoingAuth": { "default": { "type": "aws_sts" } } });
+    let text = only_error(&v, Rule::S05, "outgoingAuth.default.type");
+    assert!(text.contains(
+        "valid types are: unauthenticated, header_injection, upstream_inject, token_exchange"
+    ));
+}
+
+#[test]
+fn s05_every_valid_type_is_accepted() {
+    let v = with_auth_server(json!({ "backends": {
+        "a": { "type": "unauthenticated" },
+        "b": { "type": "header_injection", "headerInjection": { "headerName": "X-K", "headerValue": "v" } },
+        "c": inject("github"),
+        "d": exchange(json!({}))
+    } }));
+    let c = load(&v).unwrap().config;
+    let types: Vec<_> = c
+        .outgoing_auth
+        .backends
+        .values()
+        .map(Strategy::type_name)
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "unauthenticated",
+            "header_injection",
+            "upstream_inject",
+            "token_exchange"
+        ]
+    );
+}
+
+// ---- S-06: sub-object iff type
+
+#[test]
+fn s06_sub_object_missing_for_its_type() {
+    let v = with_auth_server(json!({ "default": { "type": "upstream_inject" } }));
+    let text = only_error(&v, Rule::S06, "outgoingAuth.default.upstreamInject");
+    assert!(text.contains(
+        "upstreamInject configuration must be set if and only if type is 'upstream_inject'"
+    ));
+}
+
+#[test]
+fn s06_sub_object_of_another_type() {
+    let v = with_auth_server(json!({ "default": { "type": "upstream_inject",
+        "upstreamInject": { "providerName": "github" },
+        "headerInjection": { "headerName": "X", "headerValue": "v" } } }));
+    only_error(&v, Rule::S06, "outgoingAuth.default.headerInjection");
+}
+
+#[test]
+fn s06_unauthenticated_takes_no_configuration() {
+    let v = with_auth_server(
+        json!({ "default": { "type": "unauthenticated", "upstreamInject": { "providerName": "github" } } }),
+    );
+    let text = only_error(&v, Rule::S06, "outgoingAuth.default.upstreamInject");
+    assert!(text.contains("no configuration must be set when type is 'unauthenticated'"));
+}
+
+// ---- S-07: source
+
+#[test]
+fn s07_discovered_source_is_rejected_with_an_explanation() {
+    let v = json!({ "outgoingAuth": { "source": "discovered" } });
+    let text = only_error(&v, Rule::S07, "outgoingAuth.source");
+    assert!(text.contains("vMCP mode"));
+    let v = json!({ "outgoingAuth": { "source": "remote" } });
+    only_error(&v, Rule::S07, "outgoingAuth.source");
+    assert!(load(&json!({ "outgoingAuth": { "source": "inline" } })).is_ok());
+}
+
+// ---- S-08: upstream names
+
+#[test]
+fn s08_upstream_names_follow_the_pattern() {
+    for bad in ["GitHub", "-github", "github-", "git_hub", "", "git hub"] {
+        let v = json!({ "authServer": { "upstreams": [bad] }, "outgoingAuth": {} });
+        only_error(&v, Rule::S08, "authServer.upstreams[0]");
+    }
+    for good in ["github", "a", "okta-2", "0x"] {
+        let v = json!({ "authServer": { "upstreams": [good] }, "outgoingAuth": {} });
+        assert!(load(&v).is_ok(), "{good}");
+    }
+}
+
+#[test]
+fn s08_upstream_names_are_unique() {
+    let v =
+        json!({ "authServer": { "upstreams": ["github", "okta", "github"] }, "outgoingAuth": {} });
+    let text = only_error(&v, Rule::S08, "authServer.upstreams[2]");
+    assert!(text.contains("more than once"));
+}
+
+// ---- S-09: header names
+
+fn header(name: &str, value: Value) -> Value {
+    let mut hi = json!({ "headerName": name });
+    if let (Some(o), Some(extra)) = (hi.as_object_mut(), value.as_object()) {
+        o.extend(extra.clone());
+    }
+    json!({ "outgoingAuth": { "default": { "type": "header_injection", "headerInjection": hi } } })
+}
+
+#[test]
+fn s09_header_names_must_be_tokens() {
+    for bad in ["X API", "X:Key", ":authority", "X-Kéy", "X-Key\r\n"] {
+        let v = header(bad, json!({ "headerValue": "v" }));
+        only_error(
+            &v,
+            Rule::S09,
+            "outgoingAuth.default.headerInjection.headerName",
+        );
+    }
+    assert!(load(&header("X-API-Key", json!({ "headerValue": "v" }))).is_ok());
+}
+
+#[test]
+fn s09_framing_headers_cannot_be_injected() {
+    let v = header("Content-Length", json!({ "headerValue": "5" }));
+    let text = only_error(
+        &v,
+        Rule::S09,
+        "outgoingAuth.default.headerInjection.headerName",
+    );
+    assert!(text.contains("managed by Envoy"));
+}
+
+// ---- S-10: header values
+
+#[test]
+fn s10_inline_values_with_cr_lf_nul_are_rejected_without_echoing_them() {
+    for bad in ["a\r\nX-Evil: 1", "a\nb", "a\0b", "a\u{7}b"] {
+        let v = header("X-Key", json!({ "headerValue": bad }));
+        let text = only_error(
+            &v,
+            Rule::S10,
+            "outgoingAuth.default.headerInjection.headerValue",
+        );
+        assert!(!text.contains(bad), "the value is echoed: {text}");
+    }
+}
+
+#[test]
+fn s10_env_values_are_checked_and_the_variable_named() {
+    let v = header("X-Key", json!({ "headerValueEnv": "NEWLINE_SECRET" }));
+    let text = only_error(
+        &v,
+        Rule::S10,
+        "outgoingAuth.default.headerInjection.headerValueEnv",
+    );
+    assert!(text.contains("NEWLINE_SECRET"));
+    assert!(text.contains("trailing newline"));
+    assert!(!text.contains("secret\n"));
+}
+
+// ---- S-11: environment variables
+
+#[test]
+fn s11_env_var_must_be_set_and_non_empty() {
+    for var in ["MISSING_VAR", "EMPTY"] {
+        let v = header("X-Key", json!({ "headerValueEnv": var }));
+        let text = only_error(
+            &v,
+            Rule::S11,
+            "outgoingAuth.default.headerInjection.headerValueEnv",
+        );
+        assert!(text.contains(&format!("environment variable {var} not set or empty")));
+        assert!(text.contains("host_env_keys"));
+    }
+    let v = header("X-Key", json!({ "headerValueEnv": "NOT-A-NAME" }));
+    only_error(
+        &v,
+        Rule::S11,
+        "outgoingAuth.default.headerInjection.headerValueEnv",
+    );
+}
+
+// ---- S-12: token location
+
+#[test]
+fn s12_metadata_key_and_key_prefix_are_exclusive() {
+    let v = json!({ "authServer": { "upstreams": ["github"],
+        "tokens": { "metadataKey": "upstream_tokens", "keyPrefix": "x-upstream-token-" } }, "outgoingAuth": {} });
+    only_error(&v, Rule::S12, "authServer.tokens");
+}
+
+#[test]
+fn s12_key_prefix_layout() {
+    let v = json!({ "authServer": { "upstreams": ["github"],
+        "tokens": { "keyPrefix": "x-upstream-token-", "maxTokenBytes": 4096 } }, "outgoingAuth": {} });
+    let tokens = load(&v).unwrap().config.auth_server.unwrap().tokens;
+    assert_eq!(
+        tokens.layout,
+        TokenLayout::KeyPrefix {
+            prefix: "x-upstream-token-".into()
+        }
+    );
+    assert_eq!(tokens.max_token_bytes, 4096);
+}
+
+#[test]
+fn s12_empty_names_are_rejected() {
+    let v = json!({ "authServer": { "upstreams": ["github"], "tokens": { "metadataNamespace": "" } }, "outgoingAuth": {} });
+    only_error(&v, Rule::S12, "authServer.tokens.metadataNamespace");
+}
+
+// ---- S-13: token exchange fields
+
+#[test]
+fn s13_token_url_must_be_absolute_http() {
+    for bad in [
+        "sts.example/token",
+        "ftp://sts/token",
+        "https://",
+        "https://user@sts/token",
+        "https://sts /token",
+    ] {
+        let v = json!({ "outgoingAuth": { "default": exchange(json!({ "tokenUrl": bad })) } });
+        only_error(&v, Rule::S13, "outgoingAuth.default.tokenExchange.tokenUrl");
+    }
+}
+
+#[test]
+fn s13_token_url_is_split_for_the_http_call() {
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({ "tokenUrl": "http://127.0.0.1:8080/oauth2/token?x=1" })) } });
+    let Some(Strategy::TokenExchange(te)) = load(&v).unwrap().config.outgoing_auth.default else {
+        panic!()
+    };
+    assert_eq!(te.token_url.authority, "127.0.0.1:8080");
+    assert_eq!(te.token_url.path, "/oauth2/token?x=1");
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({ "tokenUrl": "https://sts.example" })) } });
+    let Some(Strategy::TokenExchange(te)) = load(&v).unwrap().config.outgoing_auth.default else {
+        panic!()
+    };
+    assert_eq!(te.token_url.path, "/");
+}
+
+#[test]
+fn s13_secret_without_client_id() {
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({ "clientSecretEnv": "STS_SECRET" })) } });
+    let text = only_error(
+        &v,
+        Rule::S13,
+        "outgoingAuth.default.tokenExchange.clientSecretEnv",
+    );
+    assert!(text.contains("clientSecretEnv cannot be provided without clientId"));
+}
+
+#[test]
+fn s13_subject_token_type_forms() {
+    for (given, expected) in [
+        ("access_token", SubjectTokenType::AccessToken),
+        ("id_token", SubjectTokenType::IdToken),
+        ("jwt", SubjectTokenType::Jwt),
+        (
+            "urn:ietf:params:oauth:token-type:id_token",
+            SubjectTokenType::IdToken,
+        ),
+    ] {
+        let v = json!({ "outgoingAuth": { "default": exchange(json!({ "subjectTokenType": given })) } });
+        let Some(Strategy::TokenExchange(te)) = load(&v).unwrap().config.outgoing_auth.default
+        else {
+            panic!()
+        };
+        assert_eq!(te.subject_token_type, expected);
+    }
+    let v =
+        json!({ "outgoingAuth": { "default": exchange(json!({ "subjectTokenType": "saml2" })) } });
+    let text = only_error(
+        &v,
+        Rule::S13,
+        "outgoingAuth.default.tokenExchange.subjectTokenType",
+    );
+    assert!(text.contains("must be one of: access_token, id_token, jwt"));
+}
+
+#[test]
+fn s13_scopes_are_scope_tokens() {
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({ "scopes": ["read", "two words"] })) } });
+    only_error(
+        &v,
+        Rule::S13,
+        "outgoingAuth.default.tokenExchange.scopes[1]",
+    );
+}
+
+#[test]
+fn s04_token_exchange_requires_url_and_cluster() {
+    let v =
+        json!({ "outgoingAuth": { "default": { "type": "token_exchange", "tokenExchange": {} } } });
+    let problems = errors(&v);
+    let paths: Vec<_> = problems.iter().map(|p| (p.rule, p.path.as_str())).collect();
+    assert_eq!(
+        paths,
+        [
+            (Rule::S04, "outgoingAuth.default.tokenExchange.tokenUrl"),
+            (Rule::S04, "outgoingAuth.default.tokenExchange.cluster"),
+        ]
+    );
+}
+
+// ---- S-14: ranges
+
+#[test]
+fn s14_numbers_out_of_range() {
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({ "timeoutMs": 0 })) } });
+    only_error(
+        &v,
+        Rule::S14,
+        "outgoingAuth.default.tokenExchange.timeoutMs",
+    );
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({ "timeoutMs": 1.5 })) } });
+    only_error(
+        &v,
+        Rule::S14,
+        "outgoingAuth.default.tokenExchange.timeoutMs",
+    );
+    let v = json!({ "authServer": { "upstreams": ["github"], "tokens": { "maxTokenBytes": 100000000 } }, "outgoingAuth": {} });
+    only_error(&v, Rule::S14, "authServer.tokens.maxTokenBytes");
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({ "timeoutMs": 60000 })) } });
+    assert!(load(&v).is_ok());
+}
+
+// ---- W-01: inline secret
+
+#[test]
+fn w01_inline_client_secret_warns_but_loads() {
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({ "clientId": "gw", "clientSecret": "s3cr3t" })) } });
+    let loaded = load(&v).unwrap();
+    assert_eq!(loaded.warnings.len(), 1);
+    assert_eq!(loaded.warnings[0].rule, Rule::W01);
+    assert!(!loaded.warnings[0].to_string().contains("s3cr3t"));
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({ "clientId": "gw", "clientSecretEnv": "STS_SECRET" })) } });
+    assert!(load(&v).unwrap().warnings.is_empty());
+}
+
+// ---- Reporting
+
+#[test]
+fn all_problems_are_reported_not_just_the_first() {
+    let v = json!({
+        "authServer": { "upstreams": ["github"] },
+        "outgoingAuth": { "backends": {
+            "a": inject("gitlab"),
+            "b": inject(""),
+            "c": { "type": "nope" },
+            "d": { "type": "header_injection", "headerInjection": { "headerName": "X", "headerValueEnv": "UNSET" } }
+        } }
+    });
+    let rules: Vec<_> = errors(&v).iter().map(|p| p.rule).collect();
+    assert_eq!(rules, [Rule::S05, Rule::S11, Rule::V02, Rule::V06]);
+}
+
+#[test]
+fn problem_lines_start_with_the_rule_id_and_path() {
+    let v = with_auth_server(json!({ "backends": { "x": inject("gitlab") } }));
+    let line = errors(&v)[0].to_string();
+    assert!(
+        line.starts_with("[V-02] outgoingAuth.backends[\"x\"].upstreamInject.providerName: "),
+        "{line}"
+    );
+}
+
+#[test]
+fn odd_names_are_quoted_so_they_cannot_forge_log_lines() {
+    let v = with_auth_server(json!({ "backends": { "evil\n[V-00] ok": inject("gitlab") } }));
+    let line = errors(&v)[0].to_string();
+    assert!(!line.contains('\n'), "{line}");
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let v = header("X-Key", json!({ "headerValueEnv": "INTERNAL_KEY" }));
+    let c = load(&v).unwrap().config;
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("internal-secret"), "{debug}");
+    assert!(debug.contains("<redacted>"));
+}
+
+#[test]
+fn rule_ids_are_unique_and_well_formed() {
+    let mut ids: Vec<_> = Rule::ALL.iter().map(|r| r.id()).collect();
+    for id in &ids {
+        assert!(id.len() == 4 && id.as_bytes()[1] == b'-', "{id}");
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), Rule::ALL.len());
+}
