@@ -1,9 +1,14 @@
 //! Startup validation, rule by rule: a config that passes and one that fails each rule, with the
 //! rule ID, the JSON path and the wording operators will see in Envoy's log.
 
-
 // Test code: a panic is how a test fails.
-#![allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
 use outgoing_auth::config::{self, Strategy, SubjectTokenType, TokenLayout};
 use outgoing_auth::validate::{Problem, Rule};
 use serde_json::{json, Value};
