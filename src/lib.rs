@@ -4,8 +4,10 @@
 //! Everything but [`filter`] and [`host`] is host-independent and unit-tested natively; those two
 //! modules are the thin proxy-wasm adapter and only exist in the wasm build.
 
+pub mod cache;
 pub mod config;
 pub mod error;
+pub mod exchange;
 pub mod http;
 pub mod metadata;
 pub mod stats;
