@@ -205,9 +205,17 @@ mod tests {
     fn ttl_subtracts_the_safety_margin() {
         let s = CacheSettings::default();
         assert_eq!(s.ttl_secs(Some(300)), Some(270));
-        assert_eq!(s.ttl_secs(Some(30)), None, "a token inside the margin is not cached");
+        assert_eq!(
+            s.ttl_secs(Some(30)),
+            None,
+            "a token inside the margin is not cached"
+        );
         assert_eq!(s.ttl_secs(Some(10)), None);
-        assert_eq!(s.ttl_secs(None), None, "no expires_in: not cached by default");
+        assert_eq!(
+            s.ttl_secs(None),
+            None,
+            "no expires_in: not cached by default"
+        );
         let s = CacheSettings {
             default_ttl_secs: 60,
             ..s

@@ -46,7 +46,10 @@ pub fn build_request(te: &TokenExchange, subject: &str) -> StsRequest {
         (":method", "POST".to_owned()),
         (":path", te.token_url.path.clone()),
         (":authority", te.token_url.authority.clone()),
-        ("content-type", "application/x-www-form-urlencoded".to_owned()),
+        (
+            "content-type",
+            "application/x-www-form-urlencoded".to_owned(),
+        ),
         ("accept", "application/json".to_owned()),
     ];
     if let (Some(id), Some(secret)) = (&te.client_id, &te.client_secret) {
@@ -173,11 +176,15 @@ impl fmt::Display for ExchangeFailure {
             ExchangeFailure::SubjectRejected => {
                 f.write_str("the STS rejected the subject token (invalid_grant)")
             }
-            ExchangeFailure::Forbidden { error } => write!(f, "the STS refused the exchange ({error})"),
+            ExchangeFailure::Forbidden { error } => {
+                write!(f, "the STS refused the exchange ({error})")
+            }
             ExchangeFailure::BadResponse { reason } => {
                 write!(f, "the STS answer is unusable: {reason}")
             }
-            ExchangeFailure::Unavailable { reason } => write!(f, "the STS is unavailable: {reason}"),
+            ExchangeFailure::Unavailable { reason } => {
+                write!(f, "the STS is unavailable: {reason}")
+            }
             ExchangeFailure::Timeout => f.write_str("the STS did not answer in time"),
         }
     }
@@ -208,8 +215,13 @@ pub fn parse_response(status: Option<u32>, body: Option<&[u8]>) -> Result<Issued
 }
 
 fn parse_success(body: &[u8]) -> Result<Issued, ExchangeFailure> {
-    let json: Value = serde_json::from_slice(body)
-        .map_err(|e| ExchangeFailure::bad(format!("malformed JSON at line {} column {}", e.line(), e.column())))?;
+    let json: Value = serde_json::from_slice(body).map_err(|e| {
+        ExchangeFailure::bad(format!(
+            "malformed JSON at line {} column {}",
+            e.line(),
+            e.column()
+        ))
+    })?;
     let Value::Object(obj) = json else {
         return Err(ExchangeFailure::bad("the JSON is not an object"));
     };
@@ -239,7 +251,11 @@ fn parse_success(body: &[u8]) -> Result<Issued, ExchangeFailure> {
         Some(v) => Some(
             v.as_u64()
                 // Some servers send whole numbers as floats or strings.
-                .or_else(|| v.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64))
+                .or_else(|| {
+                    v.as_f64()
+                        .filter(|f| f.is_finite() && *f >= 0.0)
+                        .map(|f| f as u64)
+                })
                 .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
                 .ok_or_else(|| ExchangeFailure::bad("expires_in is not a number of seconds"))?,
         ),
@@ -258,7 +274,10 @@ fn classify_error(status: u32, body: &[u8]) -> ExchangeFailure {
     match code.as_deref() {
         Some("invalid_grant") => ExchangeFailure::SubjectRejected,
         Some(
-            c @ ("invalid_target" | "invalid_scope" | "unauthorized_client" | "insufficient_scope"
+            c @ ("invalid_target"
+            | "invalid_scope"
+            | "unauthorized_client"
+            | "insufficient_scope"
             | "access_denied"),
         ) => ExchangeFailure::Forbidden {
             error: c.to_owned(),
@@ -276,7 +295,10 @@ fn classify_error(status: u32, body: &[u8]) -> ExchangeFailure {
 
 /// Values we log from an STS answer are short ASCII words, or not logged.
 fn truncate_for_log(s: &str) -> &str {
-    if s.len() <= 32 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+    if s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
         s
     } else {
         "<non-word value>"
@@ -474,7 +496,11 @@ mod tests {
     fn every_required_field_missing_null_empty_or_mistyped_is_a_502() {
         for field in ["access_token", "token_type", "issued_token_type"] {
             let mut v: Value = serde_json::from_str(OK).unwrap();
-            for bad in [Value::Null, Value::String(String::new()), serde_json::json!(5)] {
+            for bad in [
+                Value::Null,
+                Value::String(String::new()),
+                serde_json::json!(5),
+            ] {
                 v[field] = bad;
                 let err = parse_response(Some(200), Some(v.to_string().as_bytes())).unwrap_err();
                 assert_eq!(err.status(), 502, "{field}: {err}");
@@ -526,7 +552,11 @@ mod tests {
     #[test]
     fn error_mapping_table() {
         let cases = [
-            (400, r#"{"error":"invalid_grant","error_description":"secret-ish detail"}"#, 401),
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"secret-ish detail"}"#,
+                401,
+            ),
             (400, r#"{"error":"invalid_target"}"#, 403),
             (400, r#"{"error":"invalid_scope"}"#, 403),
             (400, r#"{"error":"unauthorized_client"}"#, 403),
@@ -539,7 +569,11 @@ mod tests {
             (404, "", 502),
             (500, r#"{"error":"server_error"}"#, 503),
             (502, "", 503),
-            (503, "upstream connect error or disconnect/reset before headers", 503),
+            (
+                503,
+                "upstream connect error or disconnect/reset before headers",
+                503,
+            ),
             (429, r#"{"type":"about:blank","status":429}"#, 503),
             (504, "upstream request timeout", 504),
             (400, r#"{"error":"temporarily_unavailable"}"#, 503),

@@ -183,9 +183,13 @@ impl Runtime {
                     Plan::InjectUpstream { .. } => "upstream_inject",
                     _ => "strategy",
                 };
+                let present = present.map_or_else(
+                    || "nothing readable".to_owned(),
+                    |names| format!("providers {names:?}"),
+                );
                 warn!(
                     "outgoing-auth: backend {backend} ({plan_name}): {err} ({problem}); \
-                     metadata {} holds providers {present:?}",
+                     metadata {} holds {present}",
                     path.get(2..).map(|p| p.join("/")).unwrap_or_default()
                 );
             }

@@ -1,0 +1,663 @@
+"""Shared machinery for the end-to-end tests: the real Envoy binary, loopback only.
+
+Standard library only. The pieces:
+
+* ``EchoBackend``: a threaded HTTP server that records every request it receives (method, path and
+  headers as a list of pairs, so duplicates stay visible) and answers 200 with JSON of what it saw.
+* ``ExtAuthzService``: a tiny HTTP ext_authz server. A known gateway token gets 200 plus
+  ``x-upstream-token-<provider>`` response headers; anything else gets 401.
+* Envoy config builders (plain dicts; written as JSON, which Envoy accepts).
+* ``Envoy``: starts ``$ENVOY_BIN`` on a generated config, waits for admin ``/ready``, finds the
+  ports Envoy bound (every listener and the admin bind port 0, so there is no port race), reads
+  ``/stats`` counters, and always stops the process.
+* ``request``: one HTTP/1.1 request with exact control over headers (duplicates allowed).
+"""
+
+from __future__ import annotations
+
+import atexit
+import http.client
+import http.server
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+LOOPBACK = "127.0.0.1"
+
+# What the filter is called in Envoy (config name, vm_id); its stats live under this prefix.
+FILTER_NAME = "outgoing_auth"
+STATS_PREFIX = "wasmcustom.outgoing_auth."
+
+READY_TIMEOUT_S = 20.0
+EXIT_TIMEOUT_S = 30.0
+
+
+# --------------------------------------------------------------------------------------------
+# Environment
+
+
+def required_env_path(name: str) -> Path:
+    """The absolute path in env var ``name``; fails loudly (never skips) when unusable."""
+    value = os.environ.get(name, "")
+    if not value:
+        raise RuntimeError(
+            f"environment variable {name} is not set; run the suite with `make test-e2e` "
+            f"(it sets ENVOY_BIN and WASM_PATH), or set it by hand"
+        )
+    path = Path(value)
+    if not path.is_file():
+        raise RuntimeError(f"{name}={value} does not exist or is not a file")
+    return path
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports on 127.0.0.1 that were free a moment ago (bind port 0, read, close).
+
+    The Envoys of the tests do not need this: their listeners and admin bind port 0 themselves and
+    the harness reads the ports back, so there is no window for another process to take them.
+    """
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((LOOPBACK, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# --------------------------------------------------------------------------------------------
+# In-process HTTP servers
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    headers: list[tuple[str, str]]  # in arrival order, names lower-cased, duplicates kept
+
+    def values(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for k, v in self.headers if k == name]
+
+    def header_blob(self) -> str:
+        """All header names and values as one string, for "this never appears anywhere" checks."""
+        return "\n".join(f"{k}: {v}" for k, v in self.headers)
+
+
+class _RecordingServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _RecordingHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _RecordingServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # keep pytest output clean; every request is recorded instead
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _record(self) -> RecordedRequest:
+        rec = RecordedRequest(
+            method=self.command,
+            path=self.path,
+            headers=[(k.lower(), v) for k, v in self.headers.items()],
+        )
+        owner = self.server.owner  # type: ignore[attr-defined]
+        with owner.lock:
+            owner.requests.append(rec)
+        return rec
+
+    def _reply(self, status: int, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _EchoHandler(_RecordingHandler):
+    def _handle(self) -> None:
+        self._read_body()
+        rec = self._record()
+        body = json.dumps(
+            {"method": rec.method, "path": rec.path, "headers": [list(h) for h in rec.headers]}
+        ).encode()
+        self._reply(200, body, [("content-type", "application/json")])
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+
+class _Server:
+    handler: type[_RecordingHandler]
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: list[RecordedRequest] = []
+        self._httpd = _RecordingServer((LOOPBACK, 0), self.handler)
+        self._httpd.owner = self  # type: ignore[attr-defined]
+        self.port: int = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def start(self) -> "_Server":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def requests_for(self, path: str) -> list[RecordedRequest]:
+        with self.lock:
+            return [r for r in self.requests if r.path == path]
+
+    def all_requests(self) -> list[RecordedRequest]:
+        with self.lock:
+            return list(self.requests)
+
+
+class EchoBackend(_Server):
+    """Records every request; answers 200 with JSON {method, path, headers: [[name, value], ...]}."""
+
+    handler = _EchoHandler
+
+
+class _ExtAuthzHandler(_RecordingHandler):
+    def _handle(self) -> None:
+        self._read_body()
+        rec = self._record()
+        users: dict[str, dict[str, str]] = self.server.owner.users  # type: ignore[attr-defined]
+        auth = rec.values("authorization")
+        token = auth[0].removeprefix("Bearer ") if len(auth) == 1 else None
+        if token is not None and token in users:
+            headers = [(f"x-upstream-token-{p}", t) for p, t in users[token].items()]
+            self._reply(200, b"", headers)
+        else:
+            self._reply(
+                401,
+                b'{"error":"gateway token rejected"}',
+                [("content-type", "application/json"), ("www-authenticate", "Bearer")],
+            )
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _handle
+
+
+class ExtAuthzService(_Server):
+    """HTTP ext_authz: gateway token -> 200 with x-upstream-token-<provider> headers, else 401."""
+
+    handler = _ExtAuthzHandler
+
+    def __init__(self, users: dict[str, dict[str, str]]) -> None:
+        super().__init__()
+        self.users = users
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP client
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]  # names lower-cased
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        vals = [v for k, v in self.headers if k == name.lower()]
+        assert len(vals) <= 1, f"expected at most one {name} header, got {vals}"
+        return vals[0] if vals else None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def echoed_headers(self) -> list[tuple[str, str]]:
+        """The headers the echo backend saw, from its JSON answer."""
+        return [tuple(h) for h in self.json()["headers"]]  # type: ignore[misc]
+
+    def describe(self) -> str:
+        return f"HTTP {self.status} headers={self.headers} body={self.body[:2000]!r}"
+
+
+def request(
+    port: int,
+    path: str,
+    headers: Iterable[tuple[str, str]] = (),
+    method: str = "GET",
+    body: bytes | None = None,
+    timeout: float = 10.0,
+) -> Response:
+    """One request on a fresh connection; headers are sent as given (duplicates included)."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for k, v in headers:
+            conn.putheader(k, v)
+        if body is not None:
+            conn.putheader("content-length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        data = resp.read()
+        return Response(resp.status, [(k.lower(), v) for k, v in resp.getheaders()], data)
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Envoy config builders
+
+
+def sock(port: int = 0, address: str = LOOPBACK) -> dict:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def backend_metadata(backend: str) -> dict:
+    """Route or cluster metadata naming the outgoing-auth backend."""
+    return {"filter_metadata": {"outgoing_auth": {"backend": backend}}}
+
+
+def wasm_filter(
+    filter_config: dict | str,
+    wasm_path: str | Path,
+    host_env_keys: Iterable[str] = (),
+) -> dict:
+    """The outgoing-auth filter as an HTTP filter entry (listener chain or cluster upstream chain).
+
+    ``filter_config`` is the filter's JSON config (a dict), or a raw string sent verbatim (used for
+    the invalid-JSON case).
+    """
+    value = filter_config if isinstance(filter_config, str) else json.dumps(filter_config)
+    vm_config: dict[str, Any] = {
+        "vm_id": FILTER_NAME,
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": str(wasm_path)}},
+    }
+    keys = list(host_env_keys)
+    if keys:
+        vm_config["environment_variables"] = {"host_env_keys": keys}
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": FILTER_NAME,
+                "root_id": "",
+                "vm_config": vm_config,
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": value,
+                },
+                "failure_policy": "FAIL_CLOSED",
+            },
+        },
+    }
+
+
+def set_metadata_filter(value: dict, namespace: str = "envoy.filters.http.ext_authz") -> dict:
+    """``envoy.filters.http.set_metadata`` writing static ``value`` (a Struct) into ``namespace``."""
+    return {
+        "name": "envoy.filters.http.set_metadata",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config",
+            "metadata": [{"metadata_namespace": namespace, "value": value}],
+        },
+    }
+
+
+def ext_authz_http_filter(cluster: str, port: int) -> dict:
+    """HTTP ext_authz sending ``authorization``, turning x-upstream-token-* answers into metadata.
+
+    ``allowed_upstream_headers`` stays unset: Envoy 1.40 then adds none of the authorization
+    server's answer headers to the upstream request (test_ext_authz pins that).
+    """
+    response = {"dynamic_metadata_from_headers": {"patterns": [{"prefix": "x-upstream-token-"}]}}
+    return {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "failure_mode_allow": False,
+            "allowed_headers": {"patterns": [{"exact": "authorization"}]},
+            "http_service": {
+                "server_uri": {"uri": f"http://{LOOPBACK}:{port}", "cluster": cluster, "timeout": "2s"},
+                "authorization_response": response,
+            },
+        },
+    }
+
+
+ROUTER_FILTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
+
+UPSTREAM_CODEC_FILTER = {
+    "name": "envoy.filters.http.upstream_codec",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+    },
+}
+
+
+def route(prefix: str, cluster: str, backend: str | None = None) -> dict:
+    """A prefix route to ``cluster``; ``backend`` sets the outgoing_auth route metadata."""
+    r: dict[str, Any] = {
+        "name": prefix.strip("/").replace("/", "_") or "root",
+        "match": {"prefix": prefix},
+        "route": {"cluster": cluster, "timeout": "5s"},
+    }
+    if backend is not None:
+        r["metadata"] = backend_metadata(backend)
+    return r
+
+
+def http_listener(name: str, routes: list[dict], http_filters: list[dict]) -> dict:
+    """A loopback listener on port 0 with an HCM; the router is appended to ``http_filters``."""
+    return {
+        "name": name,
+        "address": sock(0),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                            "http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": name,
+                            "route_config": {
+                                "name": f"{name}_routes",
+                                "virtual_hosts": [
+                                    {"name": name, "domains": ["*"], "routes": routes}
+                                ],
+                            },
+                            "http_filters": [*http_filters, ROUTER_FILTER],
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def cluster(
+    name: str,
+    port: int,
+    backend: str | None = None,
+    upstream_filters: list[dict] | None = None,
+) -> dict:
+    """A static HTTP/1.1 cluster to 127.0.0.1:port.
+
+    ``backend`` sets the outgoing_auth cluster metadata; ``upstream_filters`` installs cluster
+    (upstream) HTTP filters, terminated by ``upstream_codec``.
+    """
+    c: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": sock(port)}}]}],
+        },
+    }
+    if backend is not None:
+        c["metadata"] = backend_metadata(backend)
+    if upstream_filters is not None:
+        c["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": {}},
+                "http_filters": [*upstream_filters, UPSTREAM_CODEC_FILTER],
+            }
+        }
+    return c
+
+
+def bootstrap(listeners: list[dict], clusters: list[dict]) -> dict:
+    return {
+        "admin": {"address": sock(0)},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Envoy process
+
+
+class EnvoyError(AssertionError):
+    pass
+
+
+# Safety net: Envoys still running when the interpreter exits (a test run interrupted in a way
+# that skipped fixture teardown) are killed rather than left behind.
+_running: set[subprocess.Popen] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in list(_running):
+        if proc.poll() is None:
+            proc.kill()
+
+
+class Envoy:
+    """One Envoy process on a generated config. Use ``start()``/``stop()`` or as a context manager."""
+
+    def __init__(
+        self,
+        name: str,
+        config: dict,
+        workdir: Path,
+        envoy_bin: Path,
+        env: dict[str, str] | None = None,
+        concurrency: int = 2,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.dir = Path(workdir) / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.dir / "envoy.json"
+        self.log_path = self.dir / "envoy.log"
+        self.admin_address_path = self.dir / "admin_address"
+        self.envoy_bin = envoy_bin
+        self.extra_env = dict(env or {})
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen | None = None
+        self._log_file = None
+        self.admin_port: int | None = None
+        self.listener_ports: dict[str, int] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def launch(self) -> "Envoy":
+        """Start the process without waiting for readiness."""
+        self.config_path.write_text(json.dumps(self.config, indent=2))
+        env = {k: v for k, v in os.environ.items() if k != "INTERNAL_KEY"}
+        env.update(self.extra_env)
+        self._log_file = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [
+                str(self.envoy_bin),
+                "-c", str(self.config_path),
+                "--disable-hot-restart",
+                "--concurrency", str(self.concurrency),
+                "-l", "info",
+                "--component-log-level", "wasm:debug",
+                "--admin-address-path", str(self.admin_address_path),
+                "--drain-time-s", "0",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        _running.add(self.proc)
+        return self
+
+    def start(self) -> "Envoy":
+        """Start and wait until admin ``/ready`` says LIVE; then learn the listener ports."""
+        self.launch()
+        try:
+            self._wait_ready()
+            self._read_listener_ports()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        last_error = "no admin address yet"
+        while time.monotonic() < deadline:
+            rc = self.proc.poll()
+            if rc is not None:
+                raise EnvoyError(
+                    f"Envoy {self.name!r} exited with code {rc} before becoming ready\n"
+                    f"{self.log_tail()}"
+                )
+            if self.admin_port is None and self.admin_address_path.exists():
+                text = self.admin_address_path.read_text().strip()
+                if text:
+                    self.admin_port = int(text.rsplit(":", 1)[1])
+            if self.admin_port is not None:
+                try:
+                    status, body = self.admin_get("/ready", timeout=1.0)
+                    if status == 200 and body.strip() == "LIVE":
+                        return
+                    last_error = f"/ready answered {status} {body.strip()!r}"
+                except OSError as e:
+                    last_error = f"/ready: {e}"
+            time.sleep(0.05)
+        raise EnvoyError(
+            f"Envoy {self.name!r} not ready after {READY_TIMEOUT_S:.0f}s ({last_error})\n"
+            f"{self.log_tail()}"
+        )
+
+    def _read_listener_ports(self) -> None:
+        status, body = self.admin_get("/listeners?format=json")
+        assert status == 200, body
+        for entry in json.loads(body)["listener_statuses"]:
+            self.listener_ports[entry["name"]] = entry["local_address"]["socket_address"][
+                "port_value"
+            ]
+
+    def wait_exit(self, timeout: float = EXIT_TIMEOUT_S) -> int:
+        """Wait for the process to exit by itself (config rejected); kill it if it does not."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise EnvoyError(
+                f"Envoy {self.name!r} still running after {timeout:.0f}s; expected it to refuse "
+                f"its config and exit\n{self.log_tail()}"
+            ) from None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.proc is not None:
+            _running.discard(self.proc)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> "Envoy":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- inspection ----------------------------------------------------------------------------
+
+    def port(self, listener: str) -> int:
+        return self.listener_ports[listener]
+
+    def admin_get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+        """GET on the admin port (plain http.client: no proxy from the environment applies)."""
+        assert self.admin_port is not None, "admin port unknown"
+        conn = http.client.HTTPConnection(LOOPBACK, self.admin_port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        finally:
+            conn.close()
+
+    def stats(self, prefix: str = STATS_PREFIX) -> dict[str, int]:
+        """Counters and gauges under ``prefix`` from the plain-text ``/stats`` (name: value)."""
+        status, body = self.admin_get("/stats?filter=" + urllib.parse.quote("^" + re.escape(prefix)))
+        assert status == 200, body
+        out: dict[str, int] = {}
+        for line in body.splitlines():
+            name, sep, value = line.partition(": ")
+            if sep and value.strip().lstrip("-").isdigit():
+                out[name.strip()] = int(value)
+        return out
+
+    def counter(self, name: str) -> int:
+        """The value of one counter; 0 when it does not exist (yet)."""
+        full = name if name.startswith("wasmcustom.") else STATS_PREFIX + name
+        return self.stats(full).get(full, 0)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The last ``lines`` log lines, without Envoy's startup listing of extensions."""
+        listing = re.compile(r"\[source/server/server\.cc:\d+\]   ")
+        kept = [line for line in self.log_text().splitlines() if not listing.search(line)]
+        tail = kept[-lines:]
+        return f"--- last {len(tail)} lines of {self.log_path} ---\n" + "\n".join(tail)
+
+
+class CounterDelta:
+    """Reads a set of counters before and after a block: ``with CounterDelta(envoy, names) as d``."""
+
+    def __init__(self, envoy: Envoy, names: Iterable[str]) -> None:
+        self.envoy = envoy
+        self.names = list(names)
+        self.before: dict[str, int] = {}
+        self.after: dict[str, int] = {}
+
+    def __enter__(self) -> "CounterDelta":
+        self.before = {n: self.envoy.counter(n) for n in self.names}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.after = {n: self.envoy.counter(n) for n in self.names}
+
+    def delta(self) -> dict[str, int]:
+        return {n: self.after[n] - self.before[n] for n in self.names}
+
+
+@dataclass
+class Outcome:
+    """Exit code and log of an Envoy that was expected to refuse its config."""
+
+    name: str
+    returncode: int | None
+    log: str
+    error: str | None = None
