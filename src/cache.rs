@@ -155,13 +155,13 @@ mod tests {
     fn every_input_changes_the_key() {
         let base = CacheKey::new(&te(), "subject");
         assert_ne!(base, CacheKey::new(&te(), "subject2"));
-        let variants: Vec<Box<dyn Fn(&mut TokenExchange)>> = vec![
-            Box::new(|t| t.token_url.url = "https://other/token".into()),
-            Box::new(|t| t.client_id = None),
-            Box::new(|t| t.audience = Some("https://other".into())),
-            Box::new(|t| t.scopes.push("extra".into())),
-            Box::new(|t| t.subject_token_type = SubjectTokenType::Jwt),
-            Box::new(|t| t.subject_provider_name = Some("github".into())),
+        let variants: [fn(&mut TokenExchange); 6] = [
+            |t| t.token_url.url = "https://other/token".into(),
+            |t| t.client_id = None,
+            |t| t.audience = Some("https://other".into()),
+            |t| t.scopes.push("extra".into()),
+            |t| t.subject_token_type = SubjectTokenType::Jwt,
+            |t| t.subject_provider_name = Some("github".into()),
         ];
         for change in variants {
             let mut t = te();

@@ -77,7 +77,9 @@ pub fn form_encode(pairs: &[(&str, &str)]) -> String {
 }
 
 fn form_escape_into(s: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let hex = |nibble: u8| {
+        char::from_digit(u32::from(nibble), 16).map_or('0', |c| c.to_ascii_uppercase())
+    };
     for &b in s.as_bytes() {
         match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
@@ -86,8 +88,8 @@ fn form_escape_into(s: &str, out: &mut String) {
             b' ' => out.push('+'),
             _ => {
                 out.push('%');
-                out.push(char::from(HEX[usize::from(b >> 4)]));
-                out.push(char::from(HEX[usize::from(b & 0x0f)]));
+                out.push(hex(b >> 4));
+                out.push(hex(b & 0x0f));
             }
         }
     }
@@ -105,7 +107,11 @@ pub fn basic_auth(client_id: &str, client_secret: &str) -> String {
 /// Standard base64 with padding (RFC 4648 §4).
 pub fn base64(input: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let sextet = |n: u32, shift: u32| char::from(ALPHABET[((n >> shift) & 0x3f) as usize]);
+    let sextet = |n: u32, shift: u32| {
+        ALPHABET
+            .get(((n >> shift) & 0x3f) as usize)
+            .map_or('=', |&c| char::from(c))
+    };
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
         let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
