@@ -47,12 +47,18 @@ impl CacheKey {
         CacheKey(h.finalize().into())
     }
 
-    /// The shared-data key of this key's slot in a table of `slots` entries.
-    pub fn slot_name(&self, slots: u32) -> String {
+    /// The shared-data key of this key's slot. Plugin configurations that share a VM share its
+    /// shared data, so each cache setting has its own table: an entry is only ever read under the
+    /// lifetime rules that wrote it.
+    pub fn slot_name(&self, settings: &CacheSettings) -> String {
         let mut word = [0u8; 8];
         word.copy_from_slice(self.0.get(..8).unwrap_or(&[0; 8]));
-        let slot = u64::from_le_bytes(word) % u64::from(slots.max(1));
-        format!("outgoing_auth.exchange_cache.{slot}")
+        let slots = settings.max_entries.max(1);
+        let slot = u64::from_le_bytes(word) % u64::from(slots);
+        format!(
+            "outgoing_auth.exchange_cache.{slots}.{}.{}.{slot}",
+            settings.safety_margin_secs, settings.default_ttl_secs
+        )
     }
 }
 
@@ -190,15 +196,39 @@ mod tests {
 
     #[test]
     fn slots_are_bounded() {
+        let settings = CacheSettings {
+            max_entries: 3,
+            ..CacheSettings::default()
+        };
         for subject in ["a", "b", "c", "d"] {
-            let name = CacheKey::new(&te(), subject).slot_name(3);
+            let name = CacheKey::new(&te(), subject).slot_name(&settings);
             let slot: u32 = name.rsplit('.').next().unwrap().parse().unwrap();
             assert!(slot < 3);
         }
+        let one = CacheSettings {
+            max_entries: 1,
+            ..CacheSettings::default()
+        };
         assert_eq!(
-            CacheKey::new(&te(), "a").slot_name(1),
-            "outgoing_auth.exchange_cache.0"
+            CacheKey::new(&te(), "a").slot_name(&one),
+            "outgoing_auth.exchange_cache.1.30.0.0"
         );
+    }
+
+    #[test]
+    fn each_cache_setting_has_its_own_table() {
+        let key = CacheKey::new(&te(), "a");
+        let base = CacheSettings::default();
+        let other_margin = CacheSettings {
+            safety_margin_secs: 0,
+            ..base
+        };
+        let other_ttl = CacheSettings {
+            default_ttl_secs: 60,
+            ..base
+        };
+        assert_ne!(key.slot_name(&base), key.slot_name(&other_margin));
+        assert_ne!(key.slot_name(&base), key.slot_name(&other_ttl));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::cache::CacheSettings;
 use crate::http;
 use crate::validate::{self, backend_path, quote, Problem, Problems, Rule, DEFAULT_PATH};
 
@@ -19,6 +20,7 @@ pub const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
 pub const MAX_TOKEN_BYTES_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_EXCHANGE_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_EXCHANGE_TIMEOUT_MS: u64 = 60_000;
+pub const MAX_CACHE_ENTRIES: u64 = 1_000_000;
 
 pub const STRATEGY_TYPES: [&str; 4] = [
     "unauthenticated",
@@ -31,6 +33,8 @@ pub const STRATEGY_TYPES: [&str; 4] = [
 pub struct Config {
     pub auth_server: Option<AuthServer>,
     pub outgoing_auth: OutgoingAuth,
+    /// The exchanged-token cache (Envoy addition; vMCP has none).
+    pub exchange_cache: CacheSettings,
 }
 
 /// The authorization server an earlier auth filter talks to, and where that filter leaves the
@@ -266,7 +270,7 @@ fn decode(
         }
     };
     let mut d = Decoder { problems, env };
-    let top = d.object(&root, "$", &["authServer", "outgoingAuth"])?;
+    let top = d.object(&root, "$", &["authServer", "outgoingAuth", "exchangeCache"])?;
     let auth_server_value = top.get("authServer");
     let auth_server = auth_server_value.and_then(|v| d.auth_server(v, "authServer"));
     let auth_server_broken = auth_server_value.is_some() && auth_server.is_none();
@@ -281,10 +285,16 @@ fn decode(
             None
         }
     };
+    let exchange_cache = match top.get("exchangeCache") {
+        // A bad value is already reported; the defaults let the other rules still run.
+        Some(v) => d.exchange_cache(v, "exchangeCache").unwrap_or_default(),
+        None => CacheSettings::default(),
+    };
     Some(Decoded {
         config: Config {
             auth_server,
             outgoing_auth: outgoing_auth?,
+            exchange_cache,
         },
         auth_server_broken,
     })
@@ -551,6 +561,29 @@ impl Decoder<'_, '_> {
             namespace: namespace.unwrap_or_else(|| DEFAULT_METADATA_NAMESPACE.to_owned()),
             layout: layout?,
             max_token_bytes: max?,
+        })
+    }
+
+    fn exchange_cache(&mut self, v: &Value, path: &str) -> Option<CacheSettings> {
+        let obj = self.object(
+            v,
+            path,
+            &["maxEntries", "safetyMarginSeconds", "defaultTtlSeconds"],
+        )?;
+        let defaults = CacheSettings::default();
+        let max_entries = self
+            .integer(&obj, "maxEntries", 0, MAX_CACHE_ENTRIES)
+            .map_or(defaults.max_entries, |n| n as u32);
+        let safety_margin_secs = self
+            .integer(&obj, "safetyMarginSeconds", 0, 3_600)
+            .unwrap_or(defaults.safety_margin_secs);
+        let default_ttl_secs = self
+            .integer(&obj, "defaultTtlSeconds", 0, 86_400)
+            .unwrap_or(defaults.default_ttl_secs);
+        Some(CacheSettings {
+            max_entries,
+            safety_margin_secs,
+            default_ttl_secs,
         })
     }
 

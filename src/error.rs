@@ -2,6 +2,7 @@
 //!
 //! Replies name the provider or the failure class, never a token, a secret or an upstream body.
 
+use crate::exchange::ExchangeFailure;
 use crate::metadata::TokenProblem;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -13,9 +14,12 @@ pub enum AuthError {
         provider: String,
         problem: TokenProblem,
     },
-    /// The strategy exists in the configuration model but this build cannot execute it.
-    #[error("strategy {strategy} is not available in this build")]
-    NotImplemented { strategy: &'static str },
+    /// token_exchange of the client's own token, but the request has no usable bearer token.
+    #[error("the request has no bearer token to exchange")]
+    MissingBearer,
+    /// The token exchange failed.
+    #[error("token exchange failed: {0}")]
+    Exchange(ExchangeFailure),
     /// A host call on the request path failed; the request fails closed.
     #[error("could not {operation}")]
     HostCall { operation: &'static str },
@@ -38,12 +42,38 @@ impl AuthError {
                 let description = format!("upstream token for provider {provider} not found");
                 oauth_error(401, "invalid_token", &description, true)
             }
-            AuthError::NotImplemented { strategy } => oauth_error(
-                501,
-                "not_implemented",
-                &format!("strategy {strategy} is not available in this build"),
-                false,
+            AuthError::MissingBearer => oauth_error(
+                401,
+                "invalid_token",
+                "a bearer token is required for this backend",
+                true,
             ),
+            AuthError::Exchange(failure) => {
+                let (error, description) = match failure {
+                    ExchangeFailure::SubjectRejected => (
+                        "invalid_token",
+                        "the token exchange rejected the bearer token",
+                    ),
+                    ExchangeFailure::Forbidden { .. } => (
+                        "access_denied",
+                        "the token exchange refused access to this backend",
+                    ),
+                    ExchangeFailure::BadResponse { .. } => (
+                        "bad_gateway",
+                        "the token exchange service answered unusably",
+                    ),
+                    ExchangeFailure::Unavailable { .. } => (
+                        "temporarily_unavailable",
+                        "the token exchange service is unavailable",
+                    ),
+                    ExchangeFailure::Timeout => (
+                        "gateway_timeout",
+                        "the token exchange service did not answer in time",
+                    ),
+                };
+                let challenge = matches!(failure, ExchangeFailure::SubjectRejected);
+                oauth_error(failure.status(), error, description, challenge)
+            }
             AuthError::HostCall { .. } => oauth_error(
                 500,
                 "server_error",
@@ -114,12 +144,46 @@ mod tests {
     }
 
     #[test]
-    fn not_implemented_is_501_without_challenge() {
-        let reply = AuthError::NotImplemented {
-            strategy: "token_exchange",
+    fn exchange_failures_get_their_status_and_only_401_challenges() {
+        let cases = [
+            (ExchangeFailure::SubjectRejected, 401, "invalid_token"),
+            (
+                ExchangeFailure::Forbidden {
+                    error: "invalid_target".into(),
+                },
+                403,
+                "access_denied",
+            ),
+            (
+                ExchangeFailure::BadResponse { reason: "x".into() },
+                502,
+                "bad_gateway",
+            ),
+            (
+                ExchangeFailure::Unavailable { reason: "x".into() },
+                503,
+                "temporarily_unavailable",
+            ),
+            (ExchangeFailure::Timeout, 504, "gateway_timeout"),
+        ];
+        for (failure, status, error) in cases {
+            let reply = AuthError::Exchange(failure).reply();
+            assert_eq!(reply.status, status);
+            let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+            assert_eq!(body["error"], error);
+            let challenged = reply.headers.iter().any(|(k, _)| *k == "www-authenticate");
+            assert_eq!(challenged, status == 401);
         }
-        .reply();
-        assert_eq!(reply.status, 501);
-        assert!(reply.headers.iter().all(|(k, _)| *k != "www-authenticate"));
+    }
+
+    #[test]
+    fn missing_bearer_is_a_401_challenge() {
+        let reply = AuthError::MissingBearer.reply();
+        assert_eq!(reply.status, 401);
+        assert!(reply
+            .headers
+            .iter()
+            .any(|(k, v)| *k == "www-authenticate"
+                && v.starts_with("Bearer error=\"invalid_token\"")));
     }
 }

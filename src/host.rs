@@ -6,7 +6,7 @@
 
 use std::ptr::{null, null_mut};
 
-use proxy_wasm::types::{MapType, MetricType, Status};
+use proxy_wasm::types::{BufferType, MapType, MetricType, Status, StreamType};
 
 use crate::metadata;
 
@@ -48,6 +48,38 @@ extern "C" {
         return_id: *mut u32,
     ) -> Status;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> Status;
+    fn proxy_get_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> Status;
+    fn proxy_get_buffer_bytes(
+        buffer_type: BufferType,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> Status;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> Status;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> Status;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> Status;
+    fn proxy_set_effective_context(context_id: u32) -> Status;
+    fn proxy_continue_stream(stream_type: StreamType) -> Status;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> Status;
 }
 
 fn check(status: Status) -> Result<(), Status> {
@@ -61,12 +93,10 @@ fn check(status: Status) -> Result<(), Status> {
 pub fn get_property(path: &[u8]) -> Result<Option<Vec<u8>>, Status> {
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
-    // SAFETY: the host writes a buffer it allocated through this module's
-    // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes), which we now own.
+    // SAFETY: see `owned`.
     unsafe {
         match proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) {
-            Status::Ok if data.is_null() => Ok(None),
-            Status::Ok => Ok(Some(Vec::from_raw_parts(data, size, size))),
+            Status::Ok => Ok(owned(data, size)),
             Status::NotFound => Ok(None),
             other => Err(other),
         }
@@ -122,4 +152,107 @@ pub fn define_counter(name: &str) -> Result<u32, Status> {
 pub fn increment(metric_id: u32) -> Result<(), Status> {
     // SAFETY: plain values.
     check(unsafe { proxy_increment_metric(metric_id, 1) })
+}
+
+/// Takes ownership of a buffer the host allocated through this module's
+/// `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes).
+///
+/// # Safety
+/// `data` must be null or a host-returned allocation of exactly `size` bytes.
+unsafe fn owned(data: *mut u8, size: usize) -> Option<Vec<u8>> {
+    (!data.is_null()).then(|| Vec::from_raw_parts(data, size, size))
+}
+
+fn header_value(map: MapType, name: &str) -> Result<Option<Vec<u8>>, Status> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: see `owned`.
+    unsafe {
+        match proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) {
+            Status::Ok => Ok(Some(owned(data, size).unwrap_or_default())),
+            Status::NotFound => Ok(None),
+            other => Err(other),
+        }
+    }
+}
+
+/// A request header's raw value (the first, when the client sent several).
+pub fn request_header(name: &str) -> Result<Option<Vec<u8>>, Status> {
+    header_value(MapType::HttpRequestHeaders, name)
+}
+
+pub fn response_header(name: &str) -> Result<Option<Vec<u8>>, Status> {
+    header_value(MapType::HttpResponseHeaders, name)
+}
+
+/// A header of the response to an HTTP call, inside `on_http_call_response` only.
+pub fn call_response_header(name: &str) -> Result<Option<Vec<u8>>, Status> {
+    header_value(MapType::HttpCallResponseHeaders, name)
+}
+
+/// The body of the response to an HTTP call, inside `on_http_call_response` only.
+pub fn call_response_body(size: usize) -> Result<Vec<u8>, Status> {
+    let mut data: *mut u8 = null_mut();
+    let mut len: usize = 0;
+    // SAFETY: see `owned`.
+    unsafe {
+        match proxy_get_buffer_bytes(
+            BufferType::HttpCallResponseBody,
+            0,
+            size,
+            &mut data,
+            &mut len,
+        ) {
+            Status::Ok => Ok(owned(data, len).unwrap_or_default()),
+            Status::NotFound => Ok(Vec::new()),
+            other => Err(other),
+        }
+    }
+}
+
+/// A shared-data value (visible to every worker of this VM).
+pub fn shared_data(key: &str) -> Result<Option<Vec<u8>>, Status> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    let mut cas: u32 = 0;
+    // SAFETY: see `owned`.
+    unsafe {
+        match proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) {
+            Status::Ok => Ok(owned(data, size)),
+            Status::NotFound => Ok(None),
+            other => Err(other),
+        }
+    }
+}
+
+/// Writes a shared-data value unconditionally (last writer wins).
+pub fn set_shared_data(key: &str, value: &[u8]) -> Result<(), Status> {
+    // SAFETY: pointers and lengths come from live slices; cas 0 means "no check".
+    check(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), 0) })
+}
+
+/// Wall-clock time in Unix milliseconds.
+pub fn now_ms() -> Result<u64, Status> {
+    let mut nanos: u64 = 0;
+    // SAFETY: `nanos` outlives the call.
+    check(unsafe { proxy_get_current_time_nanoseconds(&mut nanos) })?;
+    Ok(nanos / 1_000_000)
+}
+
+/// Makes later host calls act on another context (e.g. to resume a request that waited).
+pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
+    // SAFETY: a plain value.
+    check(unsafe { proxy_set_effective_context(context_id) })
+}
+
+/// Lets a paused request go on.
+pub fn resume_request() -> Result<(), Status> {
+    // SAFETY: a plain value.
+    check(unsafe { proxy_continue_stream(StreamType::HttpRequest) })
+}
+
+/// Sets the root context's tick period; 0 stops the ticks.
+pub fn set_tick_period_ms(period: u32) -> Result<(), Status> {
+    // SAFETY: a plain value.
+    check(unsafe { proxy_set_tick_period_milliseconds(period) })
 }

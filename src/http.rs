@@ -55,6 +55,24 @@ pub fn is_credential(token: &[u8]) -> bool {
     !token.is_empty() && token.iter().all(|&c| (0x21..=0x7e).contains(&c))
 }
 
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive), if it is a
+/// usable credential.
+pub fn bearer_token(header: &[u8]) -> Option<&str> {
+    let header = header.trim_ascii();
+    let scheme = header.get(..6)?;
+    let rest = header.get(6..)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer")
+        || !rest.first().is_some_and(|c| *c == b' ' || *c == b'\t')
+    {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    if !is_credential(token) {
+        return None;
+    }
+    std::str::from_utf8(token).ok()
+}
+
 /// RFC 6749 §3.3 `scope-token`: `1*( %x21 / %x23-5B / %x5D-7E )`.
 pub fn is_scope_token(s: &str) -> bool {
     !s.is_empty()
@@ -114,6 +132,20 @@ mod tests {
         assert!(!is_credential("tök".as_bytes()));
         // A boolean metadata value arrives as one raw byte.
         assert!(!is_credential(&[1]));
+    }
+
+    #[test]
+    fn bearer_tokens_are_parsed_case_insensitively() {
+        assert_eq!(bearer_token(b"Bearer abc.def"), Some("abc.def"));
+        assert_eq!(bearer_token(b"bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token(b"BEARER\tabc"), Some("abc"));
+        assert_eq!(bearer_token(b"Bearer"), None);
+        assert_eq!(bearer_token(b"Bearer "), None);
+        assert_eq!(bearer_token(b"Bearerabc"), None);
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bearer a b"), None);
+        assert_eq!(bearer_token(b"Bearer a\x01"), None);
+        assert_eq!(bearer_token(b""), None);
     }
 
     #[test]

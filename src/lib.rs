@@ -8,6 +8,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod exchange;
+pub mod flights;
 pub mod http;
 pub mod metadata;
 pub mod stats;
@@ -23,7 +24,7 @@ mod host;
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
     // Any root_id: Envoy's default is empty, Istio and Envoy Gateway set their own.
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(filter::Root::default())
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(filter::Root::new(context_id))
     });
 }}

@@ -1,5 +1,7 @@
 //! The filter's counters. Envoy shows them in `/stats` as `wasmcustom.<name>`.
 
+use crate::exchange::ExchangeFailure;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
     /// upstream_inject set `Authorization: Bearer <upstream token>`.
@@ -10,8 +12,28 @@ pub enum Counter {
     HeaderInjected,
     /// unauthenticated: forwarded with no credential (the client's Authorization removed).
     Unauthenticated,
-    /// A strategy this build cannot execute; the client got 501.
-    NotImplemented,
+    /// token_exchange: the STS issued a token (a cache miss that succeeded).
+    ExchangeOk,
+    /// token_exchange: a fresh cached token was used; no STS call.
+    ExchangeCacheHit,
+    /// token_exchange: no usable cached token; the STS is called (or a call is joined).
+    ExchangeCacheMiss,
+    /// token_exchange: a miss that joined an identical call already in flight on this worker.
+    ExchangeCoalesced,
+    /// token_exchange: a backend answered 401, so its cached token was dropped.
+    ExchangeCacheEvicted,
+    /// token_exchange: no subject (no client bearer, or no upstream token); 401, no STS call.
+    ExchangeSubjectMissing,
+    /// token_exchange: the STS rejected the subject (invalid_grant); 401.
+    ExchangeSubjectRejected,
+    /// token_exchange: the STS refused (invalid_target, invalid_scope, unauthorized_client); 403.
+    ExchangeForbidden,
+    /// token_exchange: the STS answer was unusable; 502.
+    ExchangeBadResponse,
+    /// token_exchange: the STS was unavailable (5xx, reset, refused, unknown cluster); 503.
+    ExchangeUnavailable,
+    /// token_exchange: the STS timed out; 504.
+    ExchangeTimeout,
     /// A host call failed on the request path; the client got 500 (fail closed).
     HostError,
     /// A configuration was refused by startup validation.
@@ -19,12 +41,22 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 17] = [
         Counter::UpstreamInjected,
         Counter::UpstreamTokenMissing,
         Counter::HeaderInjected,
         Counter::Unauthenticated,
-        Counter::NotImplemented,
+        Counter::ExchangeOk,
+        Counter::ExchangeCacheHit,
+        Counter::ExchangeCacheMiss,
+        Counter::ExchangeCoalesced,
+        Counter::ExchangeCacheEvicted,
+        Counter::ExchangeSubjectMissing,
+        Counter::ExchangeSubjectRejected,
+        Counter::ExchangeForbidden,
+        Counter::ExchangeBadResponse,
+        Counter::ExchangeUnavailable,
+        Counter::ExchangeTimeout,
         Counter::HostError,
         Counter::ConfigRejected,
     ];
@@ -35,9 +67,29 @@ impl Counter {
             Counter::UpstreamTokenMissing => "outgoing_auth.upstream_inject.token_missing",
             Counter::HeaderInjected => "outgoing_auth.header_injection.injected",
             Counter::Unauthenticated => "outgoing_auth.unauthenticated.passed",
-            Counter::NotImplemented => "outgoing_auth.not_implemented",
+            Counter::ExchangeOk => "outgoing_auth.token_exchange.ok",
+            Counter::ExchangeCacheHit => "outgoing_auth.token_exchange.cache_hit",
+            Counter::ExchangeCacheMiss => "outgoing_auth.token_exchange.cache_miss",
+            Counter::ExchangeCoalesced => "outgoing_auth.token_exchange.coalesced",
+            Counter::ExchangeCacheEvicted => "outgoing_auth.token_exchange.cache_evicted",
+            Counter::ExchangeSubjectMissing => "outgoing_auth.token_exchange.subject_missing",
+            Counter::ExchangeSubjectRejected => "outgoing_auth.token_exchange.subject_rejected",
+            Counter::ExchangeForbidden => "outgoing_auth.token_exchange.forbidden",
+            Counter::ExchangeBadResponse => "outgoing_auth.token_exchange.bad_response",
+            Counter::ExchangeUnavailable => "outgoing_auth.token_exchange.unavailable",
+            Counter::ExchangeTimeout => "outgoing_auth.token_exchange.timeout",
             Counter::HostError => "outgoing_auth.host_error",
             Counter::ConfigRejected => "outgoing_auth.config.rejected",
+        }
+    }
+
+    pub fn exchange_failure(failure: &ExchangeFailure) -> Counter {
+        match failure {
+            ExchangeFailure::SubjectRejected => Counter::ExchangeSubjectRejected,
+            ExchangeFailure::Forbidden { .. } => Counter::ExchangeForbidden,
+            ExchangeFailure::BadResponse { .. } => Counter::ExchangeBadResponse,
+            ExchangeFailure::Unavailable { .. } => Counter::ExchangeUnavailable,
+            ExchangeFailure::Timeout => Counter::ExchangeTimeout,
         }
     }
 

@@ -6,8 +6,9 @@
 
 use std::collections::HashMap;
 
-use crate::config::{Config, Secret, Strategy, TokenSource};
+use crate::config::{Config, Secret, Strategy, TokenExchange, TokenSource};
 use crate::error::AuthError;
+use crate::http;
 use crate::metadata::{self, TokenProblem};
 use crate::stats::Counter;
 
@@ -31,13 +32,55 @@ pub enum Plan {
         value: Secret,
     },
     /// `Authorization: Bearer <the provider's upstream token>`.
-    InjectUpstream {
-        provider: String,
-        /// Serialized property path of the provider's token.
-        token_path: Vec<u8>,
-    },
-    /// Configured but not executable by this build.
-    NotImplemented { strategy: &'static str },
+    InjectUpstream(UpstreamRef),
+    /// RFC 8693 exchange, then `Authorization: Bearer <issued token>`.
+    Exchange(Box<ExchangePlan>),
+}
+
+/// An upstream provider's token in dynamic metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamRef {
+    pub provider: String,
+    /// Serialized property path of the provider's token.
+    pub token_path: Vec<u8>,
+}
+
+impl UpstreamRef {
+    fn new(provider: &str, tokens: &TokenSource) -> Self {
+        UpstreamRef {
+            provider: provider.to_owned(),
+            token_path: metadata::serialize_path(&metadata::token_path(tokens, provider)),
+        }
+    }
+
+    /// The usable token in what the host read, or ToolHive's sentinel error.
+    fn token<'t>(
+        &self,
+        raw: Result<Option<&'t [u8]>, ()>,
+        max_token_bytes: usize,
+    ) -> Result<&'t str, AuthError> {
+        raw.map_err(|()| TokenProblem::Unreadable)
+            .and_then(|raw| metadata::check_token(raw, max_token_bytes))
+            .map_err(|problem| AuthError::UpstreamTokenNotFound {
+                provider: self.provider.clone(),
+                problem,
+            })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangePlan {
+    pub exchange: TokenExchange,
+    /// The subject: this provider's upstream token, or (`None`) the client's own bearer token.
+    pub subject_from: Option<UpstreamRef>,
+}
+
+/// What the host read for a plan: the value at [`Plan::token_path`] (`Err` when the read
+/// failed) and, when [`Plan::needs_client_bearer`], the client's `Authorization` header.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'t> {
+    pub upstream_token: Result<Option<&'t [u8]>, ()>,
+    pub authorization: Option<&'t [u8]>,
 }
 
 /// The header changes a plan makes to a request that goes on to the backend.
@@ -50,6 +93,29 @@ pub struct Edit<'a> {
     pub counter: Counter,
 }
 
+impl Edit<'static> {
+    /// `Authorization: Bearer <token>`, replacing the client's.
+    pub fn bearer(token: &str, counter: Counter) -> Self {
+        Edit {
+            remove_authorization: false,
+            set: Some(("authorization", format!("Bearer {token}"))),
+            counter,
+        }
+    }
+}
+
+/// What to do with a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision<'p> {
+    /// Edit the headers and let the request go on.
+    Forward(Edit<'p>),
+    /// Exchange `subject` (from the cache or the STS) before the request can go on.
+    Exchange {
+        plan: &'p ExchangePlan,
+        subject: String,
+    },
+}
+
 impl Plan {
     fn build(strategy: &Strategy, tokens: &TokenSource) -> Plan {
         match strategy {
@@ -58,62 +124,100 @@ impl Plan {
                 name: h.header_name.to_ascii_lowercase(),
                 value: h.value.value.clone(),
             },
-            Strategy::UpstreamInject(u) => Plan::InjectUpstream {
-                provider: u.provider_name.clone(),
-                token_path: metadata::serialize_path(&metadata::token_path(
-                    tokens,
-                    &u.provider_name,
-                )),
-            },
-            Strategy::TokenExchange(_) => Plan::NotImplemented {
-                strategy: "token_exchange",
-            },
+            Strategy::UpstreamInject(u) => {
+                Plan::InjectUpstream(UpstreamRef::new(&u.provider_name, tokens))
+            }
+            Strategy::TokenExchange(te) => Plan::Exchange(Box::new(ExchangePlan {
+                exchange: te.clone(),
+                subject_from: te
+                    .subject_provider_name
+                    .as_deref()
+                    .map(|p| UpstreamRef::new(p, tokens)),
+            })),
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Plan::Unauthenticated => "unauthenticated",
+            Plan::SetHeader { .. } => "header_injection",
+            Plan::InjectUpstream(_) => "upstream_inject",
+            Plan::Exchange(_) => "token_exchange",
+        }
+    }
+
+    fn upstream(&self) -> Option<&UpstreamRef> {
+        match self {
+            Plan::InjectUpstream(u) => Some(u),
+            Plan::Exchange(x) => x.subject_from.as_ref(),
+            _ => None,
         }
     }
 
     /// The metadata path this plan reads, if any.
     pub fn token_path(&self) -> Option<&[u8]> {
-        match self {
-            Plan::InjectUpstream { token_path, .. } => Some(token_path),
-            _ => None,
-        }
+        self.upstream().map(|u| u.token_path.as_slice())
     }
 
-    /// Decides the request's header edit. `token` is what the host returned for
-    /// [`Plan::token_path`] (`Err` when the read itself failed).
+    /// Whether the plan reads the client's `Authorization` header (an exchange of the client's
+    /// own token). Every other plan only removes or replaces it.
+    pub fn needs_client_bearer(&self) -> bool {
+        matches!(self, Plan::Exchange(x) if x.subject_from.is_none())
+    }
+
+    /// Decides what happens to the request, from what the host read for it.
     pub fn decide(
         &self,
-        token: Result<Option<&[u8]>, ()>,
+        view: RequestView<'_>,
         max_token_bytes: usize,
-    ) -> Result<Edit<'_>, AuthError> {
+    ) -> Result<Decision<'_>, AuthError> {
         match self {
-            Plan::Unauthenticated => Ok(Edit {
+            Plan::Unauthenticated => Ok(Decision::Forward(Edit {
                 remove_authorization: true,
                 set: None,
                 counter: Counter::Unauthenticated,
-            }),
-            Plan::SetHeader { name, value } => Ok(Edit {
+            })),
+            Plan::SetHeader { name, value } => Ok(Decision::Forward(Edit {
                 // Setting Authorization itself replaces the gateway token; removing first
                 // would cost a host call for nothing.
                 remove_authorization: name != "authorization",
                 set: Some((name, value.expose().to_owned())),
                 counter: Counter::HeaderInjected,
-            }),
-            Plan::InjectUpstream { provider, .. } => {
-                let token = token
-                    .map_err(|()| TokenProblem::Unreadable)
-                    .and_then(|raw| metadata::check_token(raw, max_token_bytes))
-                    .map_err(|problem| AuthError::UpstreamTokenNotFound {
-                        provider: provider.clone(),
-                        problem,
-                    })?;
-                Ok(Edit {
-                    remove_authorization: false,
-                    set: Some(("authorization", format!("Bearer {token}"))),
-                    counter: Counter::UpstreamInjected,
+            })),
+            Plan::InjectUpstream(upstream) => {
+                let token = upstream.token(view.upstream_token, max_token_bytes)?;
+                Ok(Decision::Forward(Edit::bearer(
+                    token,
+                    Counter::UpstreamInjected,
+                )))
+            }
+            Plan::Exchange(plan) => {
+                let subject = match &plan.subject_from {
+                    Some(upstream) => upstream.token(view.upstream_token, max_token_bytes)?,
+                    None => view
+                        .authorization
+                        .and_then(http::bearer_token)
+                        .ok_or(AuthError::MissingBearer)?,
+                };
+                Ok(Decision::Exchange {
+                    plan,
+                    subject: subject.to_owned(),
                 })
             }
-            Plan::NotImplemented { strategy } => Err(AuthError::NotImplemented { strategy }),
+        }
+    }
+
+    /// The counter for a request this plan rejected with `err`.
+    pub fn rejection_counter(&self, err: &AuthError) -> Counter {
+        match err {
+            AuthError::HostCall { .. } => Counter::HostError,
+            AuthError::Exchange(failure) => Counter::exchange_failure(failure),
+            AuthError::UpstreamTokenNotFound { .. } if matches!(self, Plan::InjectUpstream(_)) => {
+                Counter::UpstreamTokenMissing
+            }
+            AuthError::UpstreamTokenNotFound { .. } | AuthError::MissingBearer => {
+                Counter::ExchangeSubjectMissing
+            }
         }
     }
 }
@@ -170,6 +274,7 @@ impl Plans {
 mod tests {
     use super::*;
     use crate::config;
+    use crate::exchange::ExchangeFailure;
 
     fn plans(json: &str) -> Plans {
         let env = |name: &str| (name == "INTERNAL_KEY").then(|| "internal-secret".to_owned());
@@ -187,13 +292,36 @@ mod tests {
                         "headerInjection": { "headerName": "X-API-Key", "headerValueEnv": "INTERNAL_KEY" } },
           "public": { "type": "unauthenticated" },
           "corp": { "type": "token_exchange",
-                    "tokenExchange": { "tokenUrl": "https://sts.example/token", "cluster": "sts" } }
+                    "tokenExchange": { "tokenUrl": "https://sts.example/token", "cluster": "sts" } },
+          "corp-gh": { "type": "token_exchange",
+                    "tokenExchange": { "tokenUrl": "https://sts.example/token", "cluster": "sts",
+                                       "subjectProviderName": "github" } }
         }
       }
     }"#;
 
-    fn token_path(plan: &Plan) -> &[u8] {
-        plan.token_path().unwrap()
+    const GITHUB_PATH: &[u8] =
+        b"metadata\0filter_metadata\0envoy.filters.http.ext_authz\0upstream_tokens\0github";
+
+    fn view<'t>(token: Option<&'t [u8]>, authorization: Option<&'t [u8]>) -> RequestView<'t> {
+        RequestView {
+            upstream_token: Ok(token),
+            authorization,
+        }
+    }
+
+    fn forward(decision: Decision<'_>) -> Edit<'_> {
+        match decision {
+            Decision::Forward(edit) => edit,
+            other => panic!("expected a forward, got {other:?}"),
+        }
+    }
+
+    fn subject(decision: Decision<'_>) -> String {
+        match decision {
+            Decision::Exchange { subject, .. } => subject,
+            other => panic!("expected an exchange, got {other:?}"),
+        }
     }
 
     #[test]
@@ -201,10 +329,10 @@ mod tests {
         let p = plans(EXAMPLE);
         assert_eq!(
             p.for_backend(Some(b"github-mcp")),
-            &Plan::InjectUpstream {
+            &Plan::InjectUpstream(UpstreamRef {
                 provider: "github".to_owned(),
-                token_path: b"metadata\0filter_metadata\0envoy.filters.http.ext_authz\0upstream_tokens\0github".to_vec(),
-            }
+                token_path: GITHUB_PATH.to_vec(),
+            })
         );
         assert!(matches!(
             p.for_backend(Some(b"public")),
@@ -239,14 +367,28 @@ mod tests {
                  "upstreamInject": {"providerName": "github"}}}}"#,
         );
         assert_eq!(
-            token_path(p.for_backend(None)),
-            b"metadata\0filter_metadata\0ns\0x-upstream-token-github"
+            p.for_backend(None).token_path(),
+            Some(&b"metadata\0filter_metadata\0ns\0x-upstream-token-github"[..])
         );
     }
 
     #[test]
+    fn plans_read_only_what_they_need() {
+        let p = plans(EXAMPLE);
+        let needs = |name: &[u8]| {
+            let plan = p.for_backend(Some(name));
+            (plan.token_path().is_some(), plan.needs_client_bearer())
+        };
+        assert_eq!(needs(b"public"), (false, false));
+        assert_eq!(needs(b"internal"), (false, false));
+        assert_eq!(needs(b"github-mcp"), (true, false));
+        assert_eq!(needs(b"corp"), (false, true));
+        assert_eq!(needs(b"corp-gh"), (true, false));
+    }
+
+    #[test]
     fn unauthenticated_strips_the_gateway_token() {
-        let edit = Plan::Unauthenticated.decide(Ok(None), 10).unwrap();
+        let edit = forward(Plan::Unauthenticated.decide(view(None, None), 10).unwrap());
         assert!(edit.remove_authorization);
         assert_eq!(edit.set, None);
         assert_eq!(edit.counter, Counter::Unauthenticated);
@@ -255,10 +397,11 @@ mod tests {
     #[test]
     fn header_injection_sets_the_resolved_env_value_and_strips_authorization() {
         let p = plans(EXAMPLE);
-        let edit = p
-            .for_backend(Some(b"internal"))
-            .decide(Ok(None), 10)
-            .unwrap();
+        let edit = forward(
+            p.for_backend(Some(b"internal"))
+                .decide(view(None, None), 10)
+                .unwrap(),
+        );
         assert!(edit.remove_authorization);
         assert_eq!(edit.set, Some(("x-api-key", "internal-secret".to_owned())));
         assert_eq!(edit.counter, Counter::HeaderInjected);
@@ -270,7 +413,7 @@ mod tests {
             r#"{"outgoingAuth": {"default": {"type": "header_injection",
                  "headerInjection": {"headerName": "Authorization", "headerValue": "Basic abc"}}}}"#,
         );
-        let edit = p.for_backend(None).decide(Ok(None), 10).unwrap();
+        let edit = forward(p.for_backend(None).decide(view(None, None), 10).unwrap());
         assert!(!edit.remove_authorization);
         assert_eq!(edit.set, Some(("authorization", "Basic abc".to_owned())));
     }
@@ -278,10 +421,10 @@ mod tests {
     // ToolHive upstream_inject_test.go, case by case.
 
     fn inject(provider: &str) -> Plan {
-        Plan::InjectUpstream {
+        Plan::InjectUpstream(UpstreamRef {
             provider: provider.to_owned(),
             token_path: Vec::new(),
-        }
+        })
     }
 
     fn not_found(provider: &str, problem: TokenProblem) -> AuthError {
@@ -294,7 +437,10 @@ mod tests {
     #[test]
     fn valid_token_injection() {
         let plan = inject("github");
-        let edit = plan.decide(Ok(Some(b"gh-token-123")), 100).unwrap();
+        let edit = forward(
+            plan.decide(view(Some(b"gh-token-123"), Some(b"Bearer gw")), 100)
+                .unwrap(),
+        );
         assert_eq!(
             edit.set,
             Some(("authorization", "Bearer gh-token-123".to_owned()))
@@ -309,7 +455,7 @@ mod tests {
     #[test]
     fn nil_upstream_tokens_map_is_the_sentinel() {
         // No metadata at all: the host finds nothing at the path.
-        let err = inject("github").decide(Ok(None), 100).unwrap_err();
+        let err = inject("github").decide(view(None, None), 100).unwrap_err();
         assert_eq!(err, not_found("github", TokenProblem::Absent));
         assert!(err.to_string().contains("github"));
     }
@@ -317,7 +463,7 @@ mod tests {
     #[test]
     fn provider_not_in_map_is_the_sentinel() {
         // The Struct holds only "other": the nested path for github does not exist.
-        let err = inject("github").decide(Ok(None), 100).unwrap_err();
+        let err = inject("github").decide(view(None, None), 100).unwrap_err();
         assert!(
             matches!(err, AuthError::UpstreamTokenNotFound { ref provider, .. } if provider == "github")
         );
@@ -325,57 +471,122 @@ mod tests {
 
     #[test]
     fn empty_token_value_is_the_sentinel() {
-        let err = inject("github").decide(Ok(Some(b"")), 100).unwrap_err();
+        let err = inject("github")
+            .decide(view(Some(b""), None), 100)
+            .unwrap_err();
         assert_eq!(err, not_found("github", TokenProblem::Empty));
     }
 
     #[test]
     fn empty_provider_name_at_runtime_is_the_sentinel() {
         // Validation (V-06) refuses this config; at runtime it still fails closed.
-        let err = inject("").decide(Ok(None), 100).unwrap_err();
+        let err = inject("").decide(view(None, None), 100).unwrap_err();
         assert_eq!(err.to_string(), "provider \"\": upstream token not found");
     }
 
     #[test]
     fn sentinel_text_and_variant() {
-        let err = inject("github").decide(Ok(None), 100).unwrap_err();
+        let plan = inject("github");
+        let err = plan.decide(view(None, None), 100).unwrap_err();
         assert_eq!(
             err.to_string(),
             "provider \"github\": upstream token not found"
         );
         assert!(matches!(err, AuthError::UpstreamTokenNotFound { .. }));
+        assert_eq!(plan.rejection_counter(&err), Counter::UpstreamTokenMissing);
     }
 
     #[test]
     fn unreadable_metadata_and_bad_tokens_are_the_sentinel() {
         let plan = inject("github");
+        let unreadable = RequestView {
+            upstream_token: Err(()),
+            authorization: None,
+        };
         assert_eq!(
-            plan.decide(Err(()), 100).unwrap_err(),
+            plan.decide(unreadable, 100).unwrap_err(),
             not_found("github", TokenProblem::Unreadable)
         );
         assert_eq!(
-            plan.decide(Ok(Some(b"a\nb")), 100).unwrap_err(),
+            plan.decide(view(Some(b"a\nb"), None), 100).unwrap_err(),
             not_found("github", TokenProblem::NotACredential)
         );
         assert_eq!(
-            plan.decide(Ok(Some(b"toolong")), 3).unwrap_err(),
+            plan.decide(view(Some(b"toolong"), None), 3).unwrap_err(),
             not_found("github", TokenProblem::TooLong { len: 7, max: 3 })
         );
     }
 
+    // ToolHive tokenexchange_test.go: how the subject is chosen.
+
     #[test]
-    fn token_exchange_is_not_implemented_never_passed_through() {
+    fn unset_subject_provider_uses_the_client_bearer() {
         let p = plans(EXAMPLE);
-        let err = p
-            .for_backend(Some(b"corp"))
-            .decide(Ok(None), 10)
+        let plan = p.for_backend(Some(b"corp"));
+        let decision = plan
+            .decide(
+                view(Some(b"upstream-tok"), Some(b"Bearer original-bearer")),
+                100,
+            )
+            .unwrap();
+        assert_eq!(subject(decision), "original-bearer");
+    }
+
+    #[test]
+    fn subject_provider_set_uses_the_upstream_token_not_the_client_bearer() {
+        let p = plans(EXAMPLE);
+        let plan = p.for_backend(Some(b"corp-gh"));
+        assert_eq!(plan.token_path(), Some(GITHUB_PATH));
+        let decision = plan
+            .decide(
+                view(
+                    Some(b"github-upstream-token"),
+                    Some(b"Bearer incoming-bearer-token"),
+                ),
+                100,
+            )
+            .unwrap();
+        assert_eq!(subject(decision), "github-upstream-token");
+    }
+
+    #[test]
+    fn missing_subject_provider_token_is_the_sentinel_and_no_exchange() {
+        let p = plans(EXAMPLE);
+        let plan = p.for_backend(Some(b"corp-gh"));
+        let err = plan
+            .decide(view(None, Some(b"Bearer incoming")), 100)
             .unwrap_err();
+        assert_eq!(err, not_found("github", TokenProblem::Absent));
+        assert!(err.to_string().contains("upstream token not found"));
         assert_eq!(
-            err,
-            AuthError::NotImplemented {
-                strategy: "token_exchange"
-            }
+            plan.rejection_counter(&err),
+            Counter::ExchangeSubjectMissing
         );
-        assert_eq!(err.reply().status, 501);
+        assert_eq!(err.reply().status, 401);
+    }
+
+    #[test]
+    fn no_client_token_is_a_401_and_no_exchange() {
+        let p = plans(EXAMPLE);
+        let plan = p.for_backend(Some(b"corp"));
+        for authorization in [None, Some(&b""[..]), Some(b"Basic abc"), Some(b"Bearer ")] {
+            let err = plan.decide(view(None, authorization), 100).unwrap_err();
+            assert_eq!(err, AuthError::MissingBearer);
+            assert_eq!(err.reply().status, 401);
+        }
+    }
+
+    #[test]
+    fn exchange_failures_count_by_class() {
+        let plan = plans(EXAMPLE);
+        let plan = plan.for_backend(Some(b"corp"));
+        assert_eq!(
+            plan.rejection_counter(&AuthError::Exchange(ExchangeFailure::Timeout)),
+            Counter::ExchangeTimeout
+        );
+        assert_eq!(
+            plan.rejection_counter(&AuthError::MissingBearer),
+            Counter::ExchangeSubjectMissing
+        );
     }
 }

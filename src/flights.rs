@@ -1,0 +1,211 @@
+//! Coalescing of token exchanges on one worker: identical cache misses wait for one STS call.
+//!
+//! Host-independent bookkeeping; the adapter makes the calls and resumes the requests. Contexts
+//! are proxy-wasm context ids.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::cache::CacheKey;
+
+/// One STS call in flight and the requests waiting for its answer.
+#[derive(Debug)]
+pub struct Flight<C> {
+    /// The context whose call is in flight; `None` once it went away before the answer (its call
+    /// died with it) until another context sends the call again.
+    pub caller: Option<u32>,
+    /// Every request waiting for this exchange, the caller included.
+    pub waiting: Vec<u32>,
+    /// What is needed to send the call (again).
+    pub call: Rc<C>,
+}
+
+/// What a departing request leaves behind.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Departure {
+    /// Nothing to do.
+    Gone,
+    /// It was the caller and others still wait: the call must be sent again for them.
+    Orphaned,
+}
+
+#[derive(Debug)]
+pub struct Flights<C> {
+    by_key: HashMap<CacheKey, Flight<C>>,
+}
+
+impl<C> Default for Flights<C> {
+    fn default() -> Self {
+        Flights {
+            by_key: HashMap::new(),
+        }
+    }
+}
+
+impl<C> Flights<C> {
+    /// Joins the flight for `key` if there is one; `false` means the caller must start one.
+    pub fn join(&mut self, key: &CacheKey, context: u32) -> bool {
+        match self.by_key.get_mut(key) {
+            Some(flight) => {
+                flight.waiting.push(context);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records the call `context` just sent for `key`.
+    pub fn start(&mut self, key: CacheKey, context: u32, call: Rc<C>) {
+        self.by_key.insert(
+            key,
+            Flight {
+                caller: Some(context),
+                waiting: vec![context],
+                call,
+            },
+        );
+    }
+
+    /// The answer for `key` arrived: the flight ends and its waiters are to be answered.
+    pub fn finish(&mut self, key: &CacheKey) -> Option<Flight<C>> {
+        self.by_key.remove(key)
+    }
+
+    /// `context` is done (answered, or its client went away).
+    pub fn leave(&mut self, key: &CacheKey, context: u32) -> Departure {
+        let Some(flight) = self.by_key.get_mut(key) else {
+            return Departure::Gone;
+        };
+        flight.waiting.retain(|&id| id != context);
+        if flight.caller == Some(context) {
+            flight.caller = None;
+            if !flight.waiting.is_empty() {
+                return Departure::Orphaned;
+            }
+        }
+        if flight.caller.is_none() && flight.waiting.is_empty() {
+            self.by_key.remove(key);
+        }
+        Departure::Gone
+    }
+
+    /// Flights whose caller went away, with what is needed to call again.
+    pub fn orphans(&self) -> Vec<(CacheKey, Rc<C>)> {
+        self.by_key
+            .iter()
+            .filter(|(_, f)| f.caller.is_none())
+            .map(|(k, f)| (*k, Rc::clone(&f.call)))
+            .collect()
+    }
+
+    /// `context` sent the call again for an orphaned flight.
+    pub fn adopt(&mut self, key: &CacheKey, context: u32) {
+        if let Some(flight) = self.by_key.get_mut(key) {
+            flight.caller = Some(context);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{SubjectTokenType, TokenExchange, TokenUrl};
+
+    fn key(subject: &str) -> CacheKey {
+        let te = TokenExchange {
+            token_url: TokenUrl {
+                url: "https://sts/token".into(),
+                authority: "sts".into(),
+                path: "/token".into(),
+            },
+            cluster: "sts".into(),
+            client_id: None,
+            client_secret: None,
+            audience: None,
+            scopes: vec![],
+            subject_token_type: SubjectTokenType::AccessToken,
+            subject_provider_name: None,
+            timeout_ms: 1,
+        };
+        CacheKey::new(&te, subject)
+    }
+
+    #[test]
+    fn the_first_miss_starts_and_later_ones_join() {
+        let mut f = Flights::default();
+        let k = key("alice");
+        assert!(!f.join(&k, 1));
+        f.start(k, 1, Rc::new("call"));
+        assert!(f.join(&k, 2));
+        assert!(f.join(&k, 3));
+        assert!(!f.join(&key("bob"), 4), "another key has its own flight");
+        let flight = f.finish(&k).unwrap();
+        assert_eq!(flight.waiting, [1, 2, 3]);
+        assert_eq!(flight.caller, Some(1));
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn a_waiter_leaving_is_forgotten() {
+        let mut f = Flights::default();
+        let k = key("alice");
+        f.start(k, 1, Rc::new(()));
+        f.join(&k, 2);
+        assert_eq!(f.leave(&k, 2), Departure::Gone);
+        assert_eq!(f.finish(&k).unwrap().waiting, [1]);
+    }
+
+    #[test]
+    fn the_caller_leaving_alone_ends_the_flight() {
+        let mut f = Flights::default();
+        let k = key("alice");
+        f.start(k, 1, Rc::new(()));
+        assert_eq!(f.leave(&k, 1), Departure::Gone);
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn the_caller_leaving_with_waiters_orphans_the_flight_until_adopted() {
+        let mut f = Flights::default();
+        let k = key("alice");
+        f.start(k, 1, Rc::new("call"));
+        f.join(&k, 2);
+        f.join(&k, 3);
+        assert_eq!(f.leave(&k, 1), Departure::Orphaned);
+        let orphans = f.orphans();
+        assert_eq!(orphans.len(), 1);
+        assert_eq!(*orphans[0].1, "call");
+        f.adopt(&k, 99);
+        assert!(f.orphans().is_empty());
+        let flight = f.finish(&k).unwrap();
+        assert_eq!(flight.caller, Some(99));
+        assert_eq!(flight.waiting, [2, 3]);
+    }
+
+    #[test]
+    fn the_last_waiter_of_an_orphan_leaving_ends_it() {
+        let mut f = Flights::default();
+        let k = key("alice");
+        f.start(k, 1, Rc::new(()));
+        f.join(&k, 2);
+        assert_eq!(f.leave(&k, 1), Departure::Orphaned);
+        assert_eq!(f.leave(&k, 2), Departure::Gone);
+        assert!(f.is_empty(), "nobody is left to answer");
+    }
+
+    #[test]
+    fn leaving_after_the_flight_finished_is_harmless() {
+        let mut f: Flights<()> = Flights::default();
+        let k = key("alice");
+        assert_eq!(f.leave(&k, 7), Departure::Gone);
+        assert_eq!(f.len(), 0);
+    }
+}
