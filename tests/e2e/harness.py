@@ -3,13 +3,18 @@
 Standard library only. The pieces:
 
 * ``EchoBackend``: a threaded HTTP server that records every request it receives (method, path and
-  headers as a list of pairs, so duplicates stay visible) and answers 200 with JSON of what it saw.
+  headers as a list of pairs, so duplicates stay visible) and answers 200 with JSON of what it saw
+  (or the status a test asks for in ``x-echo-status``).
 * ``ExtAuthzService``: a tiny HTTP ext_authz server. A known gateway token gets 200 plus
   ``x-upstream-token-<provider>`` response headers; anything else gets 401.
+* ``ScriptedSts``: an RFC 8693 token endpoint that records every call (headers, decoded form) and
+  answers as each test scripts it per subject token: a fresh token, an error, garbage, a held or
+  reset answer.
 * Envoy config builders (plain dicts; written as JSON, which Envoy accepts).
 * ``Envoy``: starts ``$ENVOY_BIN`` on a generated config, waits for admin ``/ready``, finds the
   ports Envoy bound (every listener and the admin bind port 0, so there is no port race), reads
-  ``/stats`` counters, and always stops the process.
+  ``/stats`` counters, and always stops the process. ``await_refusals`` starts several that must
+  refuse their config and collects their exit codes and logs.
 * ``request``: one HTTP/1.1 request with exact control over headers (duplicates allowed).
 """
 
@@ -23,6 +28,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -130,6 +136,10 @@ class _RecordingHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+# Request header that makes the echo backend answer with that status instead of 200.
+ECHO_STATUS_HEADER = "x-echo-status"
+
+
 class _EchoHandler(_RecordingHandler):
     def _handle(self) -> None:
         self._read_body()
@@ -137,7 +147,10 @@ class _EchoHandler(_RecordingHandler):
         body = json.dumps(
             {"method": rec.method, "path": rec.path, "headers": [list(h) for h in rec.headers]}
         ).encode()
-        self._reply(200, body, [("content-type", "application/json")])
+        # A test can ask for another status (a backend rejecting a credential: 401).
+        wanted = rec.values(ECHO_STATUS_HEADER)
+        status = int(wanted[0]) if len(wanted) == 1 and wanted[0].isdigit() else 200
+        self._reply(status, body, [("content-type", "application/json")])
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
@@ -171,7 +184,10 @@ class _Server:
 
 
 class EchoBackend(_Server):
-    """Records every request; answers 200 with JSON {method, path, headers: [[name, value], ...]}."""
+    """Records every request; answers 200 with JSON {method, path, headers: [[name, value], ...]}.
+
+    A request carrying ``x-echo-status: <code>`` gets that status (same JSON body).
+    """
 
     handler = _EchoHandler
 
@@ -204,6 +220,176 @@ class ExtAuthzService(_Server):
     def __init__(self, users: dict[str, dict[str, str]]) -> None:
         super().__init__()
         self.users = users
+
+
+# --------------------------------------------------------------------------------------------
+# A scripted RFC 8693 security token service (STS)
+
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_URN = "urn:ietf:params:oauth:token-type:access_token"
+
+# Put in every error body the scripted STS sends: it must never reach a client.
+STS_PRIVATE_DETAIL = "sts-private-detail-do-not-echo"
+
+HOLD_TIMEOUT_S = 15.0  # an answer waiting for its test's go-ahead gives up after this
+
+
+@dataclass(frozen=True)
+class StsCall:
+    """One request the STS received."""
+
+    method: str
+    path: str
+    headers: list[tuple[str, str]]  # in arrival order, names lower-cased
+    body: bytes
+    form: dict[str, list[str]]  # the decoded application/x-www-form-urlencoded body
+
+    def values(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k == name.lower()]
+
+    @property
+    def subject(self) -> str | None:
+        vals = self.form.get("subject_token", [])
+        return vals[0] if len(vals) == 1 else None
+
+    def blob(self) -> str:
+        """Headers and body as one string, for "this never appears anywhere" checks."""
+        head = "\n".join(f"{k}: {v}" for k, v in self.headers)
+        return head + "\n\n" + self.body.decode(errors="replace")
+
+
+@dataclass(frozen=True)
+class StsAnswer:
+    """How the STS answers one call.
+
+    ``body`` None: a fresh successful token response (a new access token each call, with
+    ``expires_in`` unless that is None). A dict is sent as JSON, bytes verbatim. ``hold``: wait
+    for that event (bounded) before answering. ``reset``: read the request, then abort the
+    connection (RST) without a byte of answer.
+    """
+
+    status: int = 200
+    body: dict | bytes | None = None
+    expires_in: int | None = 300
+    content_type: str = "application/json"
+    hold: threading.Event | None = None
+    reset: bool = False
+
+    @staticmethod
+    def error(status: int, code: str) -> "StsAnswer":
+        """An OAuth error answer, carrying a description that must not reach the client."""
+        return StsAnswer(status, {"error": code, "error_description": STS_PRIVATE_DETAIL})
+
+    @staticmethod
+    def token(**fields: Any) -> "StsAnswer":
+        """200 with exactly these JSON members (None values are sent as JSON null)."""
+        return StsAnswer(200, dict(fields))
+
+
+class _StsHandler(_RecordingHandler):
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        sts: ScriptedSts = self.server.owner  # type: ignore[attr-defined]
+        body = self._read_body()
+        call = StsCall(
+            method=self.command,
+            path=self.path,
+            headers=[(k.lower(), v) for k, v in self.headers.items()],
+            body=body,
+            form=urllib.parse.parse_qs(body.decode(errors="replace"), keep_blank_values=True),
+        )
+        answer = sts._record_and_pick(call)
+        try:
+            if answer.hold is not None:
+                answer.hold.wait(HOLD_TIMEOUT_S)
+            if answer.reset:
+                # SO_LINGER 0: close() sends an RST instead of a FIN.
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                self.connection.close()
+                self.close_connection = True
+                return
+            if answer.body is None:
+                token = sts._issue(call.subject)
+                fields: dict[str, Any] = {
+                    "access_token": token,
+                    "token_type": "Bearer",
+                    "issued_token_type": ACCESS_TOKEN_URN,
+                }
+                if answer.expires_in is not None:
+                    fields["expires_in"] = answer.expires_in
+                payload = json.dumps(fields).encode()
+            elif isinstance(answer.body, dict):
+                payload = json.dumps(answer.body).encode()
+            else:
+                payload = answer.body
+            self._reply(answer.status, payload, [("content-type", answer.content_type)])
+        except OSError:
+            # Envoy gave up on the call (timeout, oversized answer): nobody is listening.
+            self.close_connection = True
+
+    do_GET = do_PUT = do_DELETE = do_PATCH = do_POST
+
+
+class ScriptedSts(_Server):
+    """An in-process STS whose answers each test scripts per subject token.
+
+    Every call is recorded (headers and decoded form). A subject with no script gets a fresh
+    token with ``expires_in`` 300 on every call; ``script(subject, a1, a2, ...)`` answers that
+    subject's calls in order, repeating the last answer. Tokens are random (``xt-<hex>``), never
+    derived from the subject, so "the subject never reaches X" checks stay meaningful.
+    """
+
+    handler = _StsHandler
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[StsCall] = []
+        self._scripts: dict[str, list[StsAnswer]] = {}
+        self._issued: dict[str | None, list[str]] = {}
+
+    def script(self, subject: str, *answers: StsAnswer) -> None:
+        assert answers, "script at least one answer"
+        with self.lock:
+            self._scripts[subject] = list(answers)
+
+    def _record_and_pick(self, call: StsCall) -> StsAnswer:
+        with self.lock:
+            self.calls.append(call)
+            queue = self._scripts.get(call.subject or "")
+            if not queue:
+                return StsAnswer()
+            return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    def _issue(self, subject: str | None) -> str:
+        token = f"xt-{os.urandom(12).hex()}"
+        with self.lock:
+            self._issued.setdefault(subject, []).append(token)
+        return token
+
+    def calls_for(self, subject: str) -> list[StsCall]:
+        with self.lock:
+            return [c for c in self.calls if c.subject == subject]
+
+    def issued_for(self, subject: str) -> list[str]:
+        with self.lock:
+            return list(self._issued.get(subject, []))
+
+    def all_tokens(self) -> list[str]:
+        """Every subject token it was sent and every token it issued."""
+        with self.lock:
+            subjects = {c.subject for c in self.calls if c.subject}
+            issued = {t for ts in self._issued.values() for t in ts}
+        return sorted(subjects | issued)
+
+    def wait_calls(self, subject: str, n: int, timeout: float = 5.0) -> list[StsCall]:
+        """Waits (bounded) until at least ``n`` calls for ``subject`` arrived."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.calls_for(subject)
+            if len(got) >= n or time.monotonic() >= deadline:
+                return got
+            time.sleep(0.01)
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,6 +632,15 @@ class EnvoyError(AssertionError):
 _running: set[subprocess.Popen] = set()
 
 
+def track_process(proc: subprocess.Popen) -> None:
+    """Have the interpreter-exit safety net kill ``proc`` if nothing stopped it."""
+    _running.add(proc)
+
+
+def untrack_process(proc: subprocess.Popen) -> None:
+    _running.discard(proc)
+
+
 @atexit.register
 def _kill_leftovers() -> None:
     for proc in list(_running):
@@ -614,6 +809,10 @@ class Envoy:
                 out[name.strip()] = int(value)
         return out
 
+    def stat(self, name: str) -> int:
+        """One statistic by its full name (``cluster.sts.upstream_rq_total``); 0 when absent."""
+        return self.stats(name).get(name, 0)
+
     def counter(self, name: str) -> int:
         """The value of one counter; 0 when it does not exist (yet)."""
         full = name if name.startswith("wasmcustom.") else STATS_PREFIX + name
@@ -661,3 +860,25 @@ class Outcome:
     returncode: int | None
     log: str
     error: str | None = None
+
+
+def await_refusals(envoys: dict[str, Envoy]) -> dict[str, Outcome]:
+    """Launches every Envoy at once and waits (each bounded) for it to exit by itself; returns
+    each one's exit code and log. Every process is stopped afterwards, exited or not."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def wait(item: tuple[str, Envoy]) -> Outcome:
+        name, envoy = item
+        try:
+            return Outcome(name, envoy.wait_exit(EXIT_TIMEOUT_S), envoy.log_text())
+        except EnvoyError as e:
+            return Outcome(name, None, envoy.log_text(), error=str(e))
+
+    try:
+        for envoy in envoys.values():
+            envoy.launch()
+        with ThreadPoolExecutor(max_workers=max(1, len(envoys))) as pool:
+            return {o.name: o for o in pool.map(wait, envoys.items())}
+    finally:
+        for envoy in envoys.values():
+            envoy.stop()

@@ -1,0 +1,246 @@
+"""authgent-server (PyPI ``authgent-server``), a third-party RFC 8693 STS, as a test peer.
+
+``Authgent`` runs it as a subprocess on a loopback port in its own directory: pydantic-settings
+reads the ``.env`` file there (sqlite database, signing key and client registrations stay in that
+directory). Its quirks (see shared/research/sts-peers.md §1): the /token rate limit is raised, client
+authentication costs one bcrypt (about 0.2 s) per call, so the tests keep their request counts
+small; error codes differ from the RFC in places (scope not registered: 403 insufficient_scope).
+
+``verify_es256`` checks an issued JWT's signature against the server's JWKS with ``cryptography``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import harness as h
+
+START_TIMEOUT_S = 30.0
+CLIENT_CREDENTIALS = "client_credentials"
+
+
+class AuthgentError(AssertionError):
+    pass
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    id: str
+    secret: str
+
+    def basic(self) -> str:
+        # authgent's ids and secrets are URL-safe base64 words: no form-encoding needed.
+        return "Basic " + base64.b64encode(f"{self.id}:{self.secret}".encode()).decode()
+
+
+class Authgent:
+    """One authgent-server process; ``start()``/``stop()`` or a context manager."""
+
+    def __init__(self, workdir: Path, exchange_ttl_s: int) -> None:
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.exchange_ttl_s = exchange_ttl_s
+        self.log_path = self.dir / "authgent.log"
+        self.executable = Path(sys.executable).parent / "authgent-server"
+        self.proc: subprocess.Popen | None = None
+        self._log_file = None
+        self.port: int | None = None
+        self.minted: list[str] = []  # every access token client_credentials() obtained
+
+    @property
+    def url(self) -> str:
+        return f"http://{h.LOOPBACK}:{self.port}"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> "Authgent":
+        if not self.executable.is_file():
+            raise RuntimeError(
+                f"{self.executable} not found: install the test peers with `make setup` "
+                f"(PY_PACKAGES has authgent-server)"
+            )
+        # It binds the port itself: a port taken between free_ports() and its bind is retried.
+        for attempt in range(3):
+            self.port = h.free_ports(1)[0]
+            self._launch()
+            try:
+                self._wait_healthy()
+                return self
+            except AuthgentError:
+                in_use = "address already in use" in self.log_text().lower()
+                self.stop()
+                if not in_use or attempt == 2:
+                    raise
+        return self
+
+    def _launch(self) -> None:
+        settings = {
+            "AUTHGENT_SECRET_KEY": secrets.token_hex(32),
+            "AUTHGENT_DATABASE_URL": f"sqlite+aiosqlite:///{self.dir / 'authgent.db'}",
+            "AUTHGENT_HOST": h.LOOPBACK,
+            "AUTHGENT_PORT": str(self.port),
+            "AUTHGENT_SERVER_URL": self.url,  # the issuer (iss)
+            "AUTHGENT_REGISTRATION_POLICY": "open",
+            "AUTHGENT_CONSENT_MODE": "auto_approve",
+            "AUTHGENT_TOKEN_RATE_LIMIT": "1000000",  # default: 100 /token calls a minute, then 429
+            "AUTHGENT_REGISTER_RATE_LIMIT": "1000",
+            "AUTHGENT_EXCHANGE_TOKEN_TTL": str(self.exchange_ttl_s),
+            "AUTHGENT_ACCESS_TOKEN_TTL": "900",
+        }
+        (self.dir / ".env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        # Settings come from .env only: the environment would take precedence over it.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("AUTHGENT_") and k != "REDIS_URL"
+        }
+        self._log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(self.executable), "run", "--host", h.LOOPBACK, "--port", str(self.port)],
+            cwd=self.dir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        h.track_process(self.proc)
+
+    def _wait_healthy(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        last = "not answering yet"
+        while time.monotonic() < deadline:
+            rc = self.proc.poll()
+            if rc is not None:
+                raise AuthgentError(f"authgent-server exited with code {rc}\n{self.log_tail()}")
+            try:
+                resp = h.request(self.port, "/health", timeout=1.0)
+                if resp.status == 200:
+                    return
+                last = resp.describe()
+            except OSError as e:
+                last = str(e)
+            time.sleep(0.05)
+        raise AuthgentError(
+            f"authgent-server not healthy after {START_TIMEOUT_S:.0f}s ({last})\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.proc is not None:
+            h.untrack_process(self.proc)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> "Authgent":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        tail = self.log_text().splitlines()[-lines:]
+        return f"--- last {len(tail)} lines of {self.log_path} ---\n" + "\n".join(tail)
+
+    # -- OAuth ---------------------------------------------------------------------------------
+
+    def _call(
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None = None, expect: int = 200
+    ) -> Any:
+        assert self.port is not None
+        resp = h.request(self.port, path, headers, method=method, body=body)
+        assert resp.status == expect, f"authgent {method} {path}: {resp.describe()}\n{self.log_tail()}"
+        return resp.json()
+
+    def register(self, name: str, grant_types: list[str], scope: str = "read write") -> Client:
+        """RFC 7591 registration of a confidential client (client_secret_basic)."""
+        doc = {
+            "client_name": name,
+            "grant_types": grant_types,
+            "scope": scope,
+            "token_endpoint_auth_method": "client_secret_basic",
+        }
+        got = self._call(
+            "POST", "/register", [("content-type", "application/json")], json.dumps(doc).encode(), expect=201
+        )
+        return Client(name, got["client_id"], got["client_secret"])
+
+    def client_credentials(self, client: Client, scope: str = "read write") -> str:
+        """An access token (an ES256 JWT) for ``client``: a subject token to exchange."""
+        body = f"grant_type={CLIENT_CREDENTIALS}&scope={scope.replace(' ', '+')}".encode()
+        headers = [
+            ("authorization", client.basic()),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ]
+        token = self._call("POST", "/token", headers, body)["access_token"]
+        self.minted.append(token)
+        return token
+
+    def jwks(self) -> dict:
+        return self._call("GET", "/.well-known/jwks.json", [])
+
+
+# --------------------------------------------------------------------------------------------
+# JWTs
+
+
+def _b64url(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def jwt_parts(token: str) -> tuple[dict, dict]:
+    """Header and claims of a compact JWS, unverified."""
+    parts = token.split(".")
+    assert len(parts) == 3, f"not a compact JWS: {len(parts)} parts"
+    return json.loads(_b64url(parts[0])), json.loads(_b64url(parts[1]))
+
+
+def verify_es256(token: str, jwks: dict) -> dict[str, Any]:
+    """The claims of ``token`` after checking its ES256 signature with the JWKS key of its kid;
+    raises ``cryptography.exceptions.InvalidSignature`` (or AssertionError) otherwise."""
+    # Imported here so that only the tests that verify signatures need the package.
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    header, claims = jwt_parts(token)
+    assert header.get("alg") == "ES256", header
+    keys = [k for k in jwks.get("keys", []) if k.get("kid") == header.get("kid")]
+    assert len(keys) == 1, f"kid {header.get('kid')!r} not (uniquely) in the JWKS {jwks}"
+    key = keys[0]
+    assert (key.get("kty"), key.get("crv")) == ("EC", "P-256"), key
+    public = ec.EllipticCurvePublicNumbers(
+        int.from_bytes(_b64url(key["x"]), "big"),
+        int.from_bytes(_b64url(key["y"]), "big"),
+        ec.SECP256R1(),
+    ).public_key()
+    signing_input, _, sig_b64 = token.rpartition(".")
+    sig = _b64url(sig_b64)
+    assert len(sig) == 64, f"an ES256 signature is r||s, 64 bytes; got {len(sig)}"
+    der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+    public.verify(der, signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+    return claims
