@@ -15,6 +15,10 @@ pub mod stats;
 pub mod strategy;
 pub mod validate;
 
+/// The Kubernetes CRD and the `outgoing-auth` CLI's logic; never compiled into the wasm.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod k8s;
+
 #[cfg(target_arch = "wasm32")]
 mod filter;
 #[cfg(target_arch = "wasm32")]
