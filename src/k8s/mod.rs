@@ -4,9 +4,15 @@
 //!
 //! - [`resources`]: the resource types, the single source of truth for the CRD;
 //! - [`crd`]: the CRD manifest generated from them;
-//! - [`input`]: reading YAML/JSON documents and sorting them by kind.
+//! - [`input`]: reading YAML/JSON documents and sorting them by kind;
+//! - [`convert`]: resources → filter config, checked with [`crate::config::load`];
+//! - [`output`]: the output formats;
+//! - [`cli`]: the command line.
 
+pub mod cli;
+pub mod convert;
 pub mod crd;
 pub mod diag;
 pub mod input;
+pub mod output;
 pub mod resources;
