@@ -626,11 +626,12 @@ fn convert_command(args: &[String], io: &mut Io<'_>) -> i32 {
             }
         }
     }
-    if diags.iter().any(Diagnostic::is_error) {
-        report(io.stderr, &diags);
-        return EXIT_INVALID;
-    }
-    let conversion = match convert::convert(&resources, &opts) {
+    let conversion = if diags.iter().any(Diagnostic::is_error) {
+        Err(Vec::new())
+    } else {
+        convert::convert(&resources, &opts)
+    };
+    let conversion = match conversion {
         Ok(c) => c,
         Err(more) => {
             diags.extend(more);

@@ -128,6 +128,10 @@ fn yaml_error_kind(e: &serde_saphyr::Error) -> String {
         None => text,
     };
     // The parser's advice is for programmers using it, not for someone writing a manifest.
+    if text.contains("recursive references") {
+        return "an alias refers to the node that defines its anchor (a recursive structure)"
+            .to_owned();
+    }
     text.replace(", set DuplicateKeyPolicy in Options if acceptable", "")
 }
 

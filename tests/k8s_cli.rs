@@ -1,0 +1,1753 @@
+//! `outgoing-auth validate | convert | crd`: ToolHive's converter cases, every input form, the
+//! backend mapping, every output format parsed back, secrets, STS clusters, errors and --help.
+//! Most tests drive `k8s::cli::run` in-process; a few run the real binary.
+
+// Test code: a panic is how a test fails.
+#![allow(
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use outgoing_auth::config;
+use outgoing_auth::k8s::cli::{run, Io};
+use serde_json::{json, Value};
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    fn yaml(&self) -> Value {
+        serde_saphyr::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not YAML ({e}):\n{}", self.stdout))
+    }
+
+    fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "stderr:\n{}", self.stderr);
+        self
+    }
+
+    fn failed(self) -> Self {
+        assert_eq!(
+            self.code, 1,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        assert_eq!(self.stdout, "", "nothing is written on failure");
+        self
+    }
+}
+
+fn cli_env(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Out {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut input = stdin.as_bytes();
+    let lookup = |name: &str| {
+        env.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let code = run(
+        &args,
+        &mut Io {
+            stdin: &mut input,
+            stdout: &mut out,
+            stderr: &mut err,
+            env: &lookup,
+        },
+    );
+    Out {
+        code,
+        stdout: String::from_utf8(out).unwrap(),
+        stderr: String::from_utf8(err).unwrap(),
+    }
+}
+
+fn cli(args: &[&str], stdin: &str) -> Out {
+    cli_env(args, stdin, &[])
+}
+
+fn repo(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A temporary directory for files a test writes.
+fn tmp_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("outgoing-auth-cli-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn resource(name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "toolhive.stacklok.dev/v1beta1",
+        "kind": "MCPExternalAuthConfig",
+        "metadata": {"name": name, "namespace": "mcp"},
+        "spec": spec
+    })
+}
+
+fn github() -> Value {
+    resource(
+        "github",
+        json!({"type": "upstreamInject", "upstreamInject": {"providerName": "github"}}),
+    )
+}
+
+fn yaml_docs(docs: &[Value]) -> String {
+    docs.iter()
+        .map(|d| serde_saphyr::to_string(d).unwrap())
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// The filter's own startup validation, with the given variables set.
+fn loads(filter_json: &str, env: &[&str]) -> config::Config {
+    let lookup = |name: &str| env.contains(&name).then(|| "value".to_owned());
+    match config::load(filter_json.as_bytes(), &lookup) {
+        Ok(l) => l.config,
+        Err(problems) => panic!("config::load refused it: {problems:?}\n{filter_json}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ToolHive's converter cases
+
+#[test]
+fn upstream_inject_github_converts_to_exactly_toolhives_strategy() {
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--backend",
+            "github-mcp=github",
+            "--upstreams",
+            "github",
+        ],
+        &yaml_docs(&[github()]),
+    )
+    .ok();
+    let v = out.json();
+    assert_eq!(
+        v["outgoingAuth"]["backends"]["github-mcp"],
+        json!({"type":"upstream_inject","upstreamInject":{"providerName":"github"}})
+    );
+    assert_eq!(v["authServer"], json!({"upstreams": ["github"]}));
+    assert_eq!(v["outgoingAuth"]["source"], "inline");
+    loads(&out.stdout, &[]);
+}
+
+#[test]
+fn nil_upstream_inject_is_toolhives_error_naming_resource_and_file() {
+    let dir = tmp_dir("nil-ui");
+    let f = write(
+        &dir,
+        "gh.yaml",
+        &yaml_docs(&[resource("gh", json!({"type": "upstreamInject"}))]),
+    );
+    let out = cli(&["convert", "-f", &f, "--default", "gh"], "").failed();
+    assert!(
+        out.stderr.contains(&format!(
+            "error: {f}: MCPExternalAuthConfig \"gh\": upstream inject config is nil"
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn nil_token_exchange_and_header_injection_are_toolhives_errors() {
+    let input = yaml_docs(&[
+        resource("te", json!({"type": "tokenExchange"})),
+        resource("hi", json!({"type": "headerInjection"})),
+    ]);
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--backend",
+            "a=te",
+            "--backend",
+            "b=hi",
+        ],
+        &input,
+    )
+    .failed();
+    assert!(out.stderr.contains(
+        "error: <stdin> (document 1): MCPExternalAuthConfig \"te\": token exchange config is nil"
+    ));
+    assert!(out.stderr.contains(
+        "error: <stdin> (document 2): MCPExternalAuthConfig \"hi\": header injection config is nil"
+    ));
+    assert!(out.stderr.contains("conversion failed with 2 errors"));
+}
+
+#[test]
+fn unknown_auth_type_is_toolhives_unsupported_auth_type() {
+    for t in [
+        "bearerToken",
+        "awsSts",
+        "embeddedAuthServer",
+        "obo",
+        "xaa",
+        "upstream_inject",
+    ] {
+        let out = cli(
+            &["convert", "-f", "-", "--default", "x"],
+            &yaml_docs(&[resource("x", json!({"type": t}))]),
+        )
+        .failed();
+        assert!(
+            out.stderr.contains(&format!(
+                "error: <stdin>: MCPExternalAuthConfig \"x\": unsupported auth type: {t}"
+            )),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+fn corp_sts(extra: Value) -> Value {
+    let mut te = json!({
+        "tokenUrl": "https://sts.corp.example/oauth2/token",
+        "clientId": "gateway",
+        "clientSecretRef": {"name": "corp-sts-client", "key": "client-secret"},
+        "audience": "https://corp-api.example",
+        "scopes": ["read", "write"],
+        "subjectTokenType": "id_token"
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        te[k] = v.clone();
+    }
+    resource(
+        "corp-sts",
+        json!({"type": "tokenExchange", "tokenExchange": te}),
+    )
+}
+
+#[test]
+fn token_exchange_with_subject_provider_name() {
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--backend",
+            "corp=corp-sts",
+            "--upstreams",
+            "corporate-idp",
+        ],
+        &yaml_docs(&[corp_sts(json!({"subjectProviderName": "corporate-idp"}))]),
+    )
+    .ok();
+    let te = &out.json()["outgoingAuth"]["backends"]["corp"];
+    assert_eq!(
+        te,
+        &json!({"type": "token_exchange", "tokenExchange": {
+            "tokenUrl": "https://sts.corp.example/oauth2/token",
+            "cluster": "sts.corp.example",
+            "clientId": "gateway",
+            "clientSecretEnv": "TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET_CORP_STS",
+            "audience": "https://corp-api.example",
+            "scopes": ["read", "write"],
+            "subjectTokenType": "urn:ietf:params:oauth:token-type:id_token",
+            "subjectProviderName": "corporate-idp"
+        }})
+    );
+    let c = loads(
+        &out.stdout,
+        &["TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET_CORP_STS"],
+    );
+    let config::Strategy::TokenExchange(t) = &c.outgoing_auth.backends["corp"] else {
+        panic!("not a token exchange")
+    };
+    assert_eq!(t.subject_provider_name.as_deref(), Some("corporate-idp"));
+}
+
+#[test]
+fn token_exchange_without_subject_provider_name_leaves_it_absent() {
+    let out = cli(
+        &["convert", "-f", "-", "--backend", "corp=corp-sts"],
+        &yaml_docs(&[corp_sts(json!({}))]),
+    )
+    .ok();
+    let te = &out.json()["outgoingAuth"]["backends"]["corp"]["tokenExchange"];
+    assert!(te.get("subjectProviderName").is_none(), "{te}");
+    assert!(out.json().get("authServer").is_none());
+    let c = loads(
+        &out.stdout,
+        &["TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET_CORP_STS"],
+    );
+    let config::Strategy::TokenExchange(t) = &c.outgoing_auth.backends["corp"] else {
+        panic!("not a token exchange")
+    };
+    assert_eq!(t.subject_provider_name, None);
+}
+
+#[test]
+fn token_exchange_without_subject_provider_notes_toolhives_default_when_upstreams_exist() {
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--backend",
+            "corp=corp-sts",
+            "--upstreams",
+            "okta",
+        ],
+        &yaml_docs(&[corp_sts(json!({}))]),
+    )
+    .ok();
+    assert!(
+        out.stderr.contains("no subjectProviderName"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("first upstream (okta)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn secret_refs_become_toolhive_env_names_and_the_output_says_which_secret_key() {
+    let input = yaml_docs(&[
+        corp_sts(json!({})),
+        resource(
+            "internal-api",
+            json!({"type": "headerInjection", "headerInjection": {
+                "headerName": "X-API-Key",
+                "valueSecretRef": {"name": "internal-api-key", "key": "api-key"}}}),
+        ),
+    ]);
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--backend",
+            "corp=corp-sts",
+            "--backend",
+            "internal=internal-api",
+        ],
+        &input,
+    )
+    .ok();
+    let v = out.json();
+    assert_eq!(
+        v["outgoingAuth"]["backends"]["internal"],
+        json!({"type": "header_injection", "headerInjection": {
+            "headerName": "X-API-Key",
+            "headerValueEnv": "TOOLHIVE_HEADER_INJECTION_VALUE_INTERNAL_API"}})
+    );
+    assert_eq!(
+        v["outgoingAuth"]["backends"]["corp"]["tokenExchange"]["clientSecretEnv"],
+        "TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET_CORP_STS"
+    );
+    assert!(out.stderr.contains(
+        "note: the filter reads environment variable TOOLHIVE_HEADER_INJECTION_VALUE_INTERNAL_API; \
+         it must carry Secret \"internal-api-key\", key \"api-key\""
+    ), "{}", out.stderr);
+    assert!(out.stderr.contains(
+        "note: the filter reads environment variable TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET_CORP_STS; \
+         it must carry Secret \"corp-sts-client\", key \"client-secret\""
+    ), "{}", out.stderr);
+    loads(
+        &out.stdout,
+        &[
+            "TOOLHIVE_HEADER_INJECTION_VALUE_INTERNAL_API",
+            "TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET_CORP_STS",
+        ],
+    );
+}
+
+#[test]
+fn env_names_upper_case_the_name_and_replace_other_characters() {
+    let out = cli(
+        &["convert", "-f", "-", "--default", "my.auth-config2"],
+        &yaml_docs(&[resource(
+            "my.auth-config2",
+            json!({"type": "headerInjection", "headerInjection": {
+                "headerName": "X-Key", "valueSecretRef": {"name": "s", "key": "k"}}}),
+        )]),
+    )
+    .ok();
+    assert_eq!(
+        out.json()["outgoingAuth"]["default"]["headerInjection"]["headerValueEnv"],
+        "TOOLHIVE_HEADER_INJECTION_VALUE_MY_AUTH_CONFIG2"
+    );
+}
+
+#[test]
+fn two_resources_mapping_to_one_env_name_is_an_error() {
+    let hi = |name: &str| {
+        resource(
+            name,
+            json!({"type": "headerInjection", "headerInjection": {
+                "headerName": "X-Key", "valueSecretRef": {"name": name, "key": "k"}}}),
+        )
+    };
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--backend",
+            "a=a-b",
+            "--backend",
+            "b=a.b",
+        ],
+        &yaml_docs(&[hi("a-b"), hi("a.b")]),
+    )
+    .failed();
+    assert!(
+        out.stderr
+            .contains("TOOLHIVE_HEADER_INJECTION_VALUE_A_B, which MCPExternalAuthConfig"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn external_token_header_name_is_warned_about_not_silently_dropped() {
+    let out = cli(
+        &["convert", "-f", "-", "--default", "corp-sts"],
+        &yaml_docs(&[corp_sts(
+            json!({"externalTokenHeaderName": "X-Upstream-Token"}),
+        )]),
+    )
+    .ok();
+    assert!(out.stderr.contains(
+        "warning: <stdin>: MCPExternalAuthConfig \"corp-sts\": spec.tokenExchange.externalTokenHeaderName \
+         \"X-Upstream-Token\" has no equivalent in outgoing-auth"
+    ), "{}", out.stderr);
+    let te = &out.json()["outgoingAuth"]["default"]["tokenExchange"];
+    assert!(te.get("externalTokenHeaderName").is_none());
+}
+
+#[test]
+fn unknown_and_mistyped_fields_are_reported_with_their_path() {
+    let out = cli(
+        &["convert", "-f", "-", "--default", "x"],
+        &yaml_docs(&[resource(
+            "x",
+            json!({"type": "upstreamInject", "upstreamInject": {"providerName": "gh", "scope": "x"}}),
+        )]),
+    )
+    .failed();
+    assert!(out.stderr.contains(
+        "error: <stdin>: MCPExternalAuthConfig \"x\": spec.upstreamInject.scope: unknown field `scope`"
+    ), "{}", out.stderr);
+    let out = cli(
+        &["convert", "-f", "-", "--default", "x"],
+        &yaml_docs(&[corp_sts(json!({"scopes": [1]}))]),
+    )
+    .failed();
+    assert!(
+        out.stderr
+            .contains("spec.tokenExchange.scopes[0]: invalid type: integer `1`"),
+        "{}",
+        out.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input forms
+
+#[test]
+fn multi_document_yaml_with_other_kinds_and_empty_documents() {
+    let input = format!(
+        "---\n# a comment-only document\n---\n{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm}}\n---\n{}",
+        yaml_docs(&[github()]),
+        yaml_docs(&[resource("public", json!({"type": "unauthenticated"}))])
+    );
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--backend",
+            "gh=github",
+            "--default",
+            "public",
+            "--upstreams",
+            "github",
+        ],
+        &input,
+    )
+    .ok();
+    let v = out.json();
+    assert_eq!(
+        v["outgoingAuth"]["default"],
+        json!({"type": "unauthenticated"})
+    );
+    assert_eq!(
+        v["outgoingAuth"]["backends"]["gh"]["type"],
+        "upstream_inject"
+    );
+    assert!(
+        out.stderr
+            .contains("note: <stdin> (document 2): skipped v1 ConfigMap \"cm\""),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn json_input_single_array_and_kubectl_list() {
+    let single = github().to_string();
+    let array = json!([
+        github(),
+        resource("public", json!({"type": "unauthenticated"}))
+    ])
+    .to_string();
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [github()]}).to_string();
+    for input in [single, array, list] {
+        let out = cli(
+            &[
+                "convert",
+                "-f",
+                "-",
+                "--default",
+                "github",
+                "--upstreams",
+                "github",
+            ],
+            &input,
+        )
+        .ok();
+        assert_eq!(
+            out.json()["outgoingAuth"]["default"]["type"],
+            "upstream_inject"
+        );
+    }
+}
+
+#[test]
+fn files_and_directories_are_read_in_order() {
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            &repo("k8s/examples/upstream-inject.yaml"),
+            "-f",
+            &repo("k8s/examples/token-exchange.yaml"),
+            "--backend",
+            "gh=github",
+            "--backend",
+            "corp=corp-sts",
+            "--upstreams",
+            "github,corporate-idp",
+        ],
+        "",
+    )
+    .ok();
+    assert_eq!(
+        out.json()["outgoingAuth"]["backends"]
+            .as_object()
+            .unwrap()
+            .len(),
+        2
+    );
+    // The examples directory: four resources and the VirtualMCPServer that maps them.
+    let out = cli(&["convert", "-f", &repo("k8s/examples")], "").ok();
+    let v = out.json();
+    assert_eq!(
+        v["authServer"]["upstreams"],
+        json!(["github", "corporate-idp"])
+    );
+    assert_eq!(
+        v["outgoingAuth"]["backends"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        vec!["corp-api", "github-mcp", "internal"]
+    );
+    assert_eq!(
+        v["outgoingAuth"]["default"],
+        json!({"type": "unauthenticated"})
+    );
+}
+
+#[test]
+fn v1alpha1_and_v1beta1_both_convert() {
+    let mut old = github();
+    old["apiVersion"] = json!("toolhive.stacklok.dev/v1alpha1");
+    old["metadata"]["name"] = json!("github-old");
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--backend",
+            "a=github",
+            "--backend",
+            "b=github-old",
+            "--upstreams",
+            "github",
+        ],
+        &yaml_docs(&[github(), old]),
+    )
+    .ok();
+    let v = out.json();
+    assert_eq!(
+        v["outgoingAuth"]["backends"]["a"],
+        v["outgoingAuth"]["backends"]["b"]
+    );
+}
+
+#[test]
+fn wrong_api_version_or_kind_is_an_error_naming_the_document() {
+    let mut wrong_version = github();
+    wrong_version["apiVersion"] = json!("toolhive.stacklok.dev/v1");
+    let out = cli(
+        &["convert", "-f", "-", "--default", "github"],
+        &yaml_docs(&[wrong_version]),
+    )
+    .failed();
+    assert!(out.stderr.contains(
+        "error: <stdin>: unsupported apiVersion \"toolhive.stacklok.dev/v1\" for MCPExternalAuthConfig"
+    ), "{}", out.stderr);
+
+    let mut wrong_group = github();
+    wrong_group["apiVersion"] = json!("example.com/v1beta1");
+    let out = cli(
+        &["convert", "-f", "-", "--default", "github"],
+        &yaml_docs(&[wrong_group]),
+    )
+    .failed();
+    assert!(
+        out.stderr
+            .contains("unsupported apiVersion \"example.com/v1beta1\""),
+        "{}",
+        out.stderr
+    );
+
+    let mut wrong_kind = github();
+    wrong_kind["kind"] = json!("MCPExternalAuthConfigs");
+    let out = cli(
+        &["convert", "-f", "-", "--default", "github"],
+        &yaml_docs(&[wrong_kind]),
+    )
+    .failed();
+    assert!(out
+        .stderr
+        .contains("skipped toolhive.stacklok.dev/v1beta1 MCPExternalAuthConfigs \"github\""));
+    assert!(
+        out.stderr
+            .contains("error: the input holds no MCPExternalAuthConfig"),
+        "{}",
+        out.stderr
+    );
+
+    let out = cli(
+        &["convert", "-f", "-", "--default", "x"],
+        "just: a mapping\n",
+    )
+    .failed();
+    assert!(out
+        .stderr
+        .contains("error: <stdin>: not a Kubernetes resource: apiVersion and kind are required"));
+}
+
+#[test]
+fn syntax_errors_name_file_line_and_column() {
+    let dir = tmp_dir("syntax");
+    let f = write(&dir, "broken.yaml", "apiVersion: v1\nkind: [oops\n");
+    let out = cli(&["convert", "-f", &f, "--default", "x"], "").failed();
+    assert!(
+        out.stderr
+            .starts_with(&format!("error: {f}:2:7: invalid YAML: ")),
+        "{}",
+        out.stderr
+    );
+    let f = write(
+        &dir,
+        "broken.json",
+        "{\"apiVersion\": \"v1\",\n \"kind\": }",
+    );
+    let out = cli(&["convert", "-f", &f, "--default", "x"], "").failed();
+    assert!(
+        out.stderr
+            .starts_with(&format!("error: {f}:2:10: invalid JSON: ")),
+        "{}",
+        out.stderr
+    );
+    let out = cli(
+        &["convert", "-f", "/nonexistent/x.yaml", "--default", "x"],
+        "",
+    )
+    .failed();
+    assert!(
+        out.stderr
+            .starts_with("error: /nonexistent/x.yaml: cannot read: "),
+        "{}",
+        out.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mapping
+
+fn vmcp(outgoing: Value) -> Value {
+    json!({
+        "apiVersion": "toolhive.stacklok.dev/v1beta1",
+        "kind": "VirtualMCPServer",
+        "metadata": {"name": "eng"},
+        "spec": {"groupRef": {"name": "g"}, "outgoingAuth": outgoing}
+    })
+}
+
+fn reference(name: &str) -> Value {
+    json!({"type": "externalAuthConfigRef", "externalAuthConfigRef": {"name": name}})
+}
+
+#[test]
+fn virtual_server_maps_backends_and_default() {
+    let input = yaml_docs(&[
+        github(),
+        resource("public", json!({"type": "unauthenticated"})),
+        vmcp(json!({"source": "inline", "default": reference("public"),
+                    "backends": {"github-mcp": reference("github")}})),
+    ]);
+    let out = cli(&["convert", "-f", "-", "--upstreams", "github"], &input).ok();
+    let v = out.json();
+    assert_eq!(
+        v["outgoingAuth"]["default"],
+        json!({"type": "unauthenticated"})
+    );
+    assert_eq!(
+        v["outgoingAuth"]["backends"]["github-mcp"]["upstreamInject"]["providerName"],
+        "github"
+    );
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+}
+
+#[test]
+fn backend_flags_override_the_virtual_server() {
+    let input = yaml_docs(&[
+        github(),
+        resource("public", json!({"type": "unauthenticated"})),
+        vmcp(json!({"source": "inline", "backends": {"github-mcp": reference("github")}})),
+    ]);
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--backend",
+            "github-mcp=public",
+            "--backend",
+            "extra=github",
+            "--upstreams",
+            "github",
+        ],
+        &input,
+    )
+    .ok();
+    let v = out.json();
+    assert_eq!(
+        v["outgoingAuth"]["backends"]["github-mcp"],
+        json!({"type": "unauthenticated"})
+    );
+    assert_eq!(
+        v["outgoingAuth"]["backends"]["extra"]["type"],
+        "upstream_inject"
+    );
+    assert!(out.stderr.contains("note: --backend github-mcp=public: replaces the earlier mapping of backend \"github-mcp\""), "{}", out.stderr);
+}
+
+#[test]
+fn virtual_server_upstream_providers_become_auth_server_upstreams() {
+    let mut v = vmcp(json!({"source": "inline", "backends": {"gh": reference("github")}}));
+    v["spec"]["authServerConfig"] = json!({"issuer": "https://gw", "upstreamProviders": [
+        {"name": "github", "type": "oauth2"}, {"name": "okta", "type": "oidc"}]});
+    let out = cli(&["convert", "-f", "-"], &yaml_docs(&[github(), v])).ok();
+    assert_eq!(
+        out.json()["authServer"]["upstreams"],
+        json!(["github", "okta"])
+    );
+    // --upstreams wins.
+    let mut v2 = vmcp(json!({"source": "inline", "backends": {"gh": reference("github")}}));
+    v2["spec"]["authServerConfig"] = json!({"upstreamProviders": [{"name": "okta"}]});
+    let out = cli(
+        &["convert", "-f", "-", "--upstreams", "github"],
+        &yaml_docs(&[github(), v2]),
+    )
+    .ok();
+    assert_eq!(out.json()["authServer"]["upstreams"], json!(["github"]));
+}
+
+#[test]
+fn virtual_server_discovered_entries_are_warned_about() {
+    let input = yaml_docs(&[
+        github(),
+        vmcp(json!({"default": {"type": "discovered"}, "backends": {"gh": reference("github")}})),
+    ]);
+    let out = cli(&["convert", "-f", "-", "--upstreams", "github"], &input).ok();
+    assert!(
+        out.stderr
+            .contains("spec.outgoingAuth.source is \"discovered\" (ToolHive's default)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("spec.outgoingAuth.default has type discovered"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.json()["outgoingAuth"].get("default").is_none());
+}
+
+#[test]
+fn virtual_server_errors_name_the_field() {
+    let input = yaml_docs(&[
+        github(),
+        vmcp(json!({"source": "inline", "backends": {
+            "a": {"type": "externalAuthConfigRef"},
+            "b": {"type": "serviceAccount"},
+            "c": reference("missing")}})),
+    ]);
+    let out = cli(&["convert", "-f", "-", "--upstreams", "github"], &input).failed();
+    let e = &out.stderr;
+    assert!(e.contains("error: <stdin> (document 2): VirtualMCPServer \"eng\": spec.outgoingAuth.backends[\"a\"]: externalAuthConfigRef.name is required"), "{e}");
+    assert!(e.contains("spec.outgoingAuth.backends[\"b\"]: type \"serviceAccount\" must be one of: discovered, externalAuthConfigRef"), "{e}");
+    assert!(e.contains("error: <stdin> (document 2): VirtualMCPServer \"eng\": spec.outgoingAuth.backends[\"c\"].externalAuthConfigRef: no MCPExternalAuthConfig named \"missing\" in the input\n  hint: the input defines: github"), "{e}");
+}
+
+#[test]
+fn missing_mapping_and_missing_resources_are_errors() {
+    let out = cli(&["convert", "-f", "-"], &yaml_docs(&[github()])).failed();
+    assert!(
+        out.stderr
+            .contains("error: no backend is mapped to an MCPExternalAuthConfig"),
+        "{}",
+        out.stderr
+    );
+    let out = cli(
+        &["convert", "-f", "-", "--default", "gitlab"],
+        &yaml_docs(&[github()]),
+    )
+    .failed();
+    assert!(out.stderr.contains("error: --default gitlab: no MCPExternalAuthConfig named \"gitlab\" in the input\n  hint: the input defines: github"), "{}", out.stderr);
+}
+
+#[test]
+fn duplicate_resource_names_and_several_virtual_servers_are_errors() {
+    let out = cli(
+        &["convert", "-f", "-", "--default", "github"],
+        &yaml_docs(&[github(), github()]),
+    )
+    .failed();
+    assert!(
+        out.stderr.contains(
+            "MCPExternalAuthConfig \"github\" is defined twice (first in <stdin> (document 1))"
+        ),
+        "{}",
+        out.stderr
+    );
+    let out = cli(
+        &["convert", "-f", "-", "--default", "github"],
+        &yaml_docs(&[github(), vmcp(json!({})), vmcp(json!({}))]),
+    )
+    .failed();
+    assert!(
+        out.stderr.contains("the input holds 2 VirtualMCPServers"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn unused_resources_are_warned_about() {
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--default",
+            "github",
+            "--upstreams",
+            "github",
+        ],
+        &yaml_docs(&[
+            github(),
+            resource("public", json!({"type": "unauthenticated"})),
+        ]),
+    )
+    .ok();
+    assert!(out.stderr.contains("warning: <stdin> (document 2): MCPExternalAuthConfig \"public\": not used by any backend"), "{}", out.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The filter's startup validation, before deployment
+
+#[test]
+fn v01_fails_in_convert_without_upstreams() {
+    let out = cli(
+        &["convert", "-f", "-", "--backend", "github-mcp=github"],
+        &yaml_docs(&[github()]),
+    )
+    .failed();
+    assert!(out.stderr.contains(
+        "error: <stdin>: MCPExternalAuthConfig \"github\" (backend \"github-mcp\"): [V-01] outgoingAuth.backends[\"github-mcp\"]: "
+    ), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("hint: pass --upstreams"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn v02_fails_in_convert_for_a_provider_not_in_upstreams() {
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--default",
+            "github",
+            "--upstreams",
+            "gitlab,okta",
+        ],
+        &yaml_docs(&[github()]),
+    )
+    .failed();
+    assert!(out.stderr.contains(
+        "error: <stdin>: MCPExternalAuthConfig \"github\" (the default strategy): [V-02] outgoingAuth.default.upstreamInject.providerName: "
+    ), "{}", out.stderr);
+    assert!(out
+        .stderr
+        .contains("hint: add the provider to --upstreams (now: gitlab,okta)"));
+}
+
+#[test]
+fn v06_fails_in_convert_for_an_empty_provider_name() {
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--default",
+            "x",
+            "--upstreams",
+            "github",
+        ],
+        &yaml_docs(&[resource(
+            "x",
+            json!({"type": "upstreamInject", "upstreamInject": {"providerName": " "}}),
+        )]),
+    )
+    .failed();
+    assert!(out.stderr.contains("[V-06]"), "{}", out.stderr);
+    // subjectProviderName goes through V-02 as well.
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--default",
+            "corp-sts",
+            "--upstreams",
+            "github",
+        ],
+        &yaml_docs(&[corp_sts(json!({"subjectProviderName": "okta"}))]),
+    )
+    .failed();
+    assert!(
+        out.stderr
+            .contains("[V-02] outgoingAuth.default.tokenExchange.subjectProviderName"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn filter_problems_in_converted_values_fail_convert() {
+    // A header name the filter refuses (S-09) and a token URL it cannot call (S-13).
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--backend",
+            "a=h",
+            "--backend",
+            "b=t",
+            "--sts-cluster",
+            "sts",
+        ],
+        &yaml_docs(&[
+            resource(
+                "h",
+                json!({"type": "headerInjection", "headerInjection": {
+                "headerName": "Content-Length", "valueSecretRef": {"name": "s", "key": "k"}}}),
+            ),
+            resource(
+                "t",
+                json!({"type": "tokenExchange", "tokenExchange": {"tokenUrl": "ftp://sts/t"}}),
+            ),
+        ]),
+    )
+    .failed();
+    assert!(
+        out.stderr
+            .contains("MCPExternalAuthConfig \"h\" (backend \"a\"): [S-09]"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("MCPExternalAuthConfig \"t\" (backend \"b\"): [S-13]"),
+        "{}",
+        out.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// STS clusters
+
+#[test]
+fn sts_cluster_defaults_to_the_token_url_host_and_flags_override() {
+    let input = yaml_docs(&[
+        corp_sts(json!({"tokenUrl": "https://STS.corp.example:8443/oauth2/token"})),
+        resource(
+            "other",
+            json!({"type": "tokenExchange", "tokenExchange": {"tokenUrl": "http://sts2.local/t"}}),
+        ),
+    ]);
+    let args = [
+        "convert",
+        "-f",
+        "-",
+        "--backend",
+        "a=corp-sts",
+        "--backend",
+        "b=other",
+    ];
+    let cluster = |out: &Out, b: &str| {
+        out.json()["outgoingAuth"]["backends"][b]["tokenExchange"]["cluster"].clone()
+    };
+
+    let out = cli(&args, &input).ok();
+    assert_eq!(cluster(&out, "a"), "sts.corp.example");
+    assert_eq!(cluster(&out, "b"), "sts2.local");
+    assert!(
+        out.stderr
+            .contains("calls Envoy cluster \"sts.corp.example\""),
+        "{}",
+        out.stderr
+    );
+
+    let mut all = args.to_vec();
+    all.extend(["--sts-cluster", "sts"]);
+    let out = cli(&all, &input).ok();
+    assert_eq!(cluster(&out, "a"), "sts");
+    assert_eq!(cluster(&out, "b"), "sts");
+
+    let mut one = args.to_vec();
+    one.extend(["--sts-cluster", "sts", "--sts-cluster", "other=local_sts"]);
+    let out = cli(&one, &input).ok();
+    assert_eq!(cluster(&out, "a"), "sts");
+    assert_eq!(cluster(&out, "b"), "local_sts");
+}
+
+#[test]
+fn token_url_without_host_needs_sts_cluster() {
+    let out = cli(
+        &["convert", "-f", "-", "--default", "t"],
+        &yaml_docs(&[resource(
+            "t",
+            json!({"type": "tokenExchange", "tokenExchange": {"tokenUrl": "/oauth2/token"}}),
+        )]),
+    )
+    .failed();
+    assert!(
+        out.stderr.contains(
+            "cannot name an STS cluster after spec.tokenExchange.tokenUrl \"/oauth2/token\""
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--sts-cluster t=CLUSTER"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output formats
+
+fn examples(format: &[&str]) -> Out {
+    let mut args = vec!["convert", "-f", "k8s/examples"];
+    args.extend(format);
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if *a == "k8s/examples" {
+                repo(a)
+            } else {
+                a.to_string()
+            }
+        })
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cli(&args, "").ok()
+}
+
+const SECRET_ENVS: [&str; 2] = [
+    "TOOLHIVE_HEADER_INJECTION_VALUE_INTERNAL_API",
+    "TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET_CORP_STS",
+];
+
+#[test]
+fn filter_output_is_the_filter_json() {
+    let out = examples(&[]);
+    assert!(out.stdout.ends_with("}\n"));
+    loads(&out.stdout, &SECRET_ENVS);
+    // The default format is `filter`.
+    assert_eq!(examples(&["-o", "filter"]).stdout, out.stdout);
+}
+
+#[test]
+fn envoy_output_is_an_http_filters_entry() {
+    let filter = examples(&[]).json();
+    let out = examples(&["-o", "envoy", "--wasm", "/opt/outgoing_auth.wasm"]);
+    let v = out.yaml();
+    let entry = &v[0];
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(entry["name"], "envoy.filters.http.wasm");
+    let tc = &entry["typed_config"];
+    assert_eq!(
+        tc["@type"],
+        "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+    );
+    let c = &tc["config"];
+    assert_eq!(c["failure_policy"], "FAIL_CLOSED");
+    assert_eq!(c["vm_config"]["runtime"], "envoy.wasm.runtime.v8");
+    assert_eq!(
+        c["vm_config"]["code"]["local"]["filename"],
+        "/opt/outgoing_auth.wasm"
+    );
+    assert_eq!(
+        c["vm_config"]["environment_variables"]["host_env_keys"],
+        json!(SECRET_ENVS)
+    );
+    assert_eq!(
+        c["configuration"]["@type"],
+        "type.googleapis.com/google.protobuf.StringValue"
+    );
+    let value = c["configuration"]["value"].as_str().unwrap();
+    assert_eq!(serde_json::from_str::<Value>(value).unwrap(), filter);
+    loads(value, &SECRET_ENVS);
+    // Default module path, as in envoy/envoy.yaml.
+    let v = examples(&["-o", "envoy"]).yaml();
+    assert_eq!(
+        v[0]["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"],
+        "/etc/envoy/outgoing_auth.wasm"
+    );
+}
+
+#[test]
+fn istio_output_is_a_wasm_plugin() {
+    let out = examples(&[
+        "-o",
+        "istio",
+        "--wasm",
+        "oci://registry.example.com/outgoing-auth:0.1.0",
+        "--sha256",
+        &"AB".repeat(32),
+        "--selector",
+        "app=mcp-gateway",
+        "--name",
+        "mcp-auth",
+        "--namespace",
+        "mcp",
+    ]);
+    let v = out.yaml();
+    assert_eq!(v["apiVersion"], "extensions.istio.io/v1alpha1");
+    assert_eq!(v["kind"], "WasmPlugin");
+    assert_eq!(
+        v["metadata"],
+        json!({"name": "mcp-auth", "namespace": "mcp"})
+    );
+    let spec = &v["spec"];
+    assert_eq!(spec["phase"], "AUTHN");
+    assert_eq!(spec["failStrategy"], "FAIL_CLOSE");
+    assert_eq!(
+        spec["url"],
+        "oci://registry.example.com/outgoing-auth:0.1.0"
+    );
+    assert_eq!(spec["sha256"], "ab".repeat(32));
+    assert_eq!(
+        spec["selector"],
+        json!({"matchLabels": {"app": "mcp-gateway"}})
+    );
+    assert_eq!(
+        spec["vmConfig"]["env"],
+        json!(SECRET_ENVS.map(|e| json!({"name": e, "valueFrom": "HOST"})))
+    );
+    // pluginConfig is the filter config, with Istio's name for the STS cluster.
+    let plugin = &spec["pluginConfig"];
+    assert_eq!(
+        plugin["outgoingAuth"]["backends"]["corp-api"]["tokenExchange"]["cluster"],
+        "outbound|443||sts.corp.example"
+    );
+    loads(&plugin.to_string(), &SECRET_ENVS);
+    assert!(out
+        .stdout
+        .contains("# Phase AUTHN runs before Istio's authentication"));
+    let v = examples(&["-o", "istio", "--wasm", "oci://r/i:t", "--phase", "STATS"]).yaml();
+    assert_eq!(v["spec"]["phase"], "STATS");
+    assert!(v["spec"].get("selector").is_none());
+}
+
+#[test]
+fn envoy_gateway_output_is_an_extension_policy() {
+    let filter = examples(&[]).json();
+    let out = examples(&[
+        "-o",
+        "envoy-gateway",
+        "--wasm",
+        "oci://registry.example.com/outgoing-auth:0.1.0",
+        "--target-ref",
+        "Gateway/mcp-gateway",
+        "--target-ref",
+        "HTTPRoute/mcp",
+    ]);
+    let v = out.yaml();
+    assert_eq!(v["apiVersion"], "gateway.envoyproxy.io/v1alpha1");
+    assert_eq!(v["kind"], "EnvoyExtensionPolicy");
+    assert_eq!(
+        v["spec"]["targetRefs"],
+        json!([
+            {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "mcp-gateway"},
+            {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "mcp"}
+        ])
+    );
+    let wasm = &v["spec"]["wasm"][0];
+    assert_eq!(
+        wasm["code"],
+        json!({"type": "Image", "image": {"url": "registry.example.com/outgoing-auth:0.1.0"}})
+    );
+    assert_eq!(wasm["config"], filter);
+    assert_eq!(wasm["env"]["hostKeys"], json!(SECRET_ENVS));
+    assert_eq!(wasm["failOpen"], false);
+    loads(&wasm["config"].to_string(), &SECRET_ENVS);
+    let v = examples(&[
+        "-o",
+        "envoy-gateway",
+        "--wasm",
+        "https://x/outgoing_auth.wasm",
+        "--target-ref",
+        "Gateway/g",
+    ])
+    .yaml();
+    assert_eq!(
+        v["spec"]["wasm"][0]["code"],
+        json!({"type": "HTTP", "http": {"url": "https://x/outgoing_auth.wasm"}})
+    );
+}
+
+#[test]
+fn yaml_outputs_say_which_secret_key_each_variable_carries() {
+    for format in [
+        vec!["-o", "envoy"],
+        vec!["-o", "istio", "--wasm", "oci://r/i:t"],
+        vec![
+            "-o",
+            "envoy-gateway",
+            "--wasm",
+            "oci://r/i:t",
+            "--target-ref",
+            "Gateway/g",
+        ],
+    ] {
+        let out = examples(&format);
+        let header: Vec<&str> = out
+            .stdout
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .collect();
+        let header = header.join("\n");
+        assert!(header.contains(
+            "#   TOOLHIVE_HEADER_INJECTION_VALUE_INTERNAL_API: Secret \"internal-api-key\", key \"api-key\" (MCPExternalAuthConfig \"internal-api\" spec.headerInjection.valueSecretRef)"
+        ), "{format:?}:\n{header}");
+        assert!(header.contains(
+            "#   TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET_CORP_STS: Secret \"corp-sts-client\", key \"client-secret\""
+        ), "{header}");
+        assert!(
+            header.contains("#       secretKeyRef: {name: \"internal-api-key\", key: \"api-key\"}"),
+            "{header}"
+        );
+        assert!(
+            header.contains("Envoy clusters the token exchanges call:"),
+            "{header}"
+        );
+        // The notes are in the output itself, not on stderr.
+        assert!(!out.stderr.contains("the filter reads environment variable"));
+    }
+}
+
+#[test]
+fn output_flags_are_checked() {
+    let f = repo("k8s/examples");
+    let cases: [(&[&str], &str); 6] = [
+        (&["-o", "istio"], "--output istio needs --wasm URL"),
+        (
+            &["-o", "envoy-gateway", "--wasm", "oci://r/i"],
+            "--output envoy-gateway needs --target-ref KIND/NAME",
+        ),
+        (
+            &[
+                "-o",
+                "envoy-gateway",
+                "--wasm",
+                "/local",
+                "--target-ref",
+                "Gateway/g",
+            ],
+            "takes an oci:// image or an http(s):// URL",
+        ),
+        (
+            &["-o", "envoy", "--wasm", "https://x/y.wasm"],
+            "--output envoy loads the module from a local file",
+        ),
+        (
+            &["-o", "yaml"],
+            "-o \"yaml\": the formats are filter, envoy, istio, envoy-gateway",
+        ),
+        (
+            &["--selector", "a=b"],
+            "--selector and --phase are for --output istio",
+        ),
+    ];
+    for (flags, expected) in cases {
+        let mut args = vec!["convert", "-f", &f];
+        args.extend(flags);
+        let out = cli(&args, "");
+        assert_eq!(out.code, 2, "{flags:?}: {}", out.stderr);
+        assert!(out.stderr.contains(expected), "{flags:?}: {}", out.stderr);
+        assert!(out
+            .stderr
+            .contains("For more information, try `outgoing-auth convert --help`."));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// validate
+
+const VALID: &str = r#"{
+  "authServer": {"upstreams": ["github"]},
+  "outgoingAuth": {"default": {"type": "unauthenticated"}, "backends": {
+    "github-mcp": {"type": "upstream_inject", "upstreamInject": {"providerName": "github"}},
+    "internal": {"type": "header_injection", "headerInjection": {"headerName": "X-Key", "headerValueEnv": "INTERNAL_KEY"}},
+    "corp": {"type": "token_exchange", "tokenExchange": {"tokenUrl": "https://sts/t", "cluster": "sts",
+      "clientId": "gw", "clientSecretEnv": "STS_SECRET"}}
+  }}
+}"#;
+
+#[test]
+fn validate_lists_every_variable_and_checks_it_in_its_own_environment() {
+    let dir = tmp_dir("validate");
+    let f = write(&dir, "config.json", VALID);
+    let out = cli_env(
+        &["validate", &f],
+        "",
+        &[("INTERNAL_KEY", "k"), ("STS_SECRET", "s")],
+    )
+    .ok();
+    assert!(
+        out.stdout
+            .contains(&format!("{f}: environment variables this config needs:")),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("  STS_SECRET    set      outgoingAuth.backends[\"corp\"].tokenExchange.clientSecretEnv"), "{}", out.stdout);
+    assert!(out.stdout.contains("  INTERNAL_KEY  set      outgoingAuth.backends[\"internal\"].headerInjection.headerValueEnv"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("{f}: valid (default unauthenticated, 3 backends: corp token_exchange, github-mcp upstream_inject, internal header_injection; 0 warnings)")), "{}", out.stdout);
+    assert!(!out.stdout.contains("\"k\""), "values are never printed");
+
+    let out = cli_env(&["validate", &f], "", &[("INTERNAL_KEY", "k")]);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains(&format!("error: {f}: [S-11] outgoingAuth.backends[\"corp\"].tokenExchange.clientSecretEnv: environment variable STS_SECRET not set or empty")), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("  STS_SECRET    NOT SET"),
+        "{}",
+        out.stdout
+    );
+    assert!(out
+        .stdout
+        .contains(&format!("{f}: invalid: 1 error, 0 warnings")));
+}
+
+#[test]
+fn validate_prints_every_problem_with_its_rule_id() {
+    let bad = r#"{"outgoingAuth": {"backends": {
+        "a": {"type": "upstream_inject", "upstreamInject": {"providerName": "github"}},
+        "b": {"type": "header_injection", "headerInjection": {"headerName": "bad header", "headerValue": "v"}},
+        "c": {"type": "oauth"}}}, "extra": 1}"#;
+    let out = cli(&["validate", "-"], bad);
+    assert_eq!(out.code, 1);
+    for rule in [
+        "[S-02] extra",
+        "[S-09]",
+        "[S-05]",
+        "[V-01] outgoingAuth.backends[\"a\"]",
+    ] {
+        assert!(
+            out.stdout.contains(rule),
+            "{rule} missing in\n{}",
+            out.stdout
+        );
+    }
+    assert!(
+        out.stdout
+            .contains("<stdin>: invalid: 4 errors, 0 warnings"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn validate_matches_config_load_on_many_configs() {
+    // The command's verdict is config::load's, whatever the config.
+    let configs = [
+        VALID.to_owned(),
+        "{}".to_owned(),
+        "[]".to_owned(),
+        "not json".to_owned(),
+        r#"{"outgoingAuth": {}}"#.to_owned(),
+        r#"{"outgoingAuth": {"default": {"type": "token_exchange", "tokenExchange": {"tokenUrl": "https://s/t", "cluster": "c", "clientId": "i", "clientSecret": "inline"}}}}"#.to_owned(),
+    ];
+    let env = [("INTERNAL_KEY", "k"), ("STS_SECRET", "s")];
+    for c in configs {
+        let out = cli_env(&["validate", "-q", "-"], &c, &env);
+        let lookup = |n: &str| {
+            env.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string())
+        };
+        let expected = config::load(c.as_bytes(), &lookup);
+        assert_eq!(out.code == 0, expected.is_ok(), "{c}: {}", out.stdout);
+        let problems = match expected {
+            Ok(l) => l.warnings,
+            Err(p) => p,
+        };
+        assert_eq!(
+            out.stdout.lines().count(),
+            problems.len(),
+            "{c}: {}",
+            out.stdout
+        );
+        for p in problems {
+            assert!(out.stdout.contains(&p.to_string()), "{p} missing");
+        }
+    }
+}
+
+#[test]
+fn validate_accepts_convert_output() {
+    let converted = examples(&[]).stdout;
+    let env: Vec<(&str, &str)> = SECRET_ENVS.iter().map(|e| (*e, "x")).collect();
+    let out = cli_env(&["validate", "-"], &converted, &env).ok();
+    assert!(out.stdout.contains("<stdin>: valid"), "{}", out.stdout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// crd, --help, usage errors
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    for args in [
+        vec!["--help"],
+        vec!["help"],
+        vec!["help", "convert"],
+        vec!["validate", "--help"],
+        vec!["convert", "-h"],
+        vec!["crd", "--help"],
+    ] {
+        let out = cli(&args, "").ok();
+        assert!(out.stdout.contains("Usage: outgoing-auth"), "{args:?}");
+        if args.len() > 1 || args[0] != "--help" && args[0] != "help" {
+            assert!(out.stdout.contains("Example"), "{args:?}: no example");
+        }
+    }
+    assert!(cli(&["--version"], "")
+        .ok()
+        .stdout
+        .starts_with("outgoing-auth "));
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_pointer_to_help() {
+    for (args, expected) in [
+        (vec![], "Usage: outgoing-auth <COMMAND>"),
+        (vec!["frobnicate"], "error: unknown command \"frobnicate\""),
+        (
+            vec!["convert", "--bogus"],
+            "error: unknown option --bogus for convert",
+        ),
+        (vec!["convert", "-f"], "error: -f needs a value"),
+        (
+            vec!["convert", "-f", "x", "--backend", "noequals"],
+            "error: --backend \"noequals\": expected NAME=RESOURCE",
+        ),
+        (
+            vec!["convert", "-f", "x", "--sha256", "12"],
+            "--sha256 needs 64 hex digits",
+        ),
+        (
+            vec!["convert", "-f", "x", "--phase", "LATE"],
+            "the phases are AUTHN, AUTHZ, STATS, UNSPECIFIED_PHASE",
+        ),
+        (
+            vec!["convert", "stray.yaml"],
+            "unexpected argument \"stray.yaml\": input files go after -f",
+        ),
+        (vec!["validate"], "validate needs a CONFIG.json"),
+        (vec!["crd", "extra"], "crd takes none"),
+    ] {
+        let out = cli(&args, "");
+        assert_eq!(out.code, 2, "{args:?}");
+        assert!(out.stderr.contains(expected), "{args:?}: {}", out.stderr);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// No panics, whatever the input
+
+/// Replaces each leaf of `v`, one at a time, with values of every other JSON type.
+fn mutations(v: &Value) -> Vec<Value> {
+    let replacements = [
+        json!(null),
+        json!(1),
+        json!(-1.5),
+        json!(true),
+        json!(""),
+        json!("x\ny"),
+        json!([]),
+        json!({}),
+        json!([1, {"a": 2}]),
+    ];
+    let mut out = Vec::new();
+    fn paths(v: &Value, prefix: Vec<String>, acc: &mut Vec<Vec<String>>) {
+        acc.push(prefix.clone());
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, c)| {
+                let mut p = prefix.clone();
+                p.push(k.clone());
+                paths(c, p, acc)
+            }),
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, c)| {
+                let mut p = prefix.clone();
+                p.push(i.to_string());
+                paths(c, p, acc)
+            }),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    paths(v, Vec::new(), &mut all);
+    for path in all.into_iter().filter(|p| !p.is_empty()) {
+        for r in &replacements {
+            let mut copy = v.clone();
+            let mut node = &mut copy;
+            for k in &path {
+                node = match node {
+                    Value::Object(m) => m.get_mut(k).unwrap(),
+                    Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
+                    _ => unreachable!(),
+                };
+            }
+            *node = r.clone();
+            out.push(copy);
+        }
+    }
+    out
+}
+
+#[test]
+fn no_panic_and_a_verdict_on_every_mutation_of_the_examples() {
+    let docs = [
+        github(),
+        corp_sts(json!({"subjectProviderName": "github", "externalTokenHeaderName": "X"})),
+        resource(
+            "h",
+            json!({"type": "headerInjection", "headerInjection": {"headerName": "X-K", "valueSecretRef": {"name": "s", "key": "k"}}}),
+        ),
+        vmcp(
+            json!({"source": "inline", "default": reference("github"), "backends": {"b": reference("corp-sts")}}),
+        ),
+    ];
+    let mut runs = 0;
+    for (i, doc) in docs.iter().enumerate() {
+        for m in mutations(doc) {
+            let mut all = docs.to_vec();
+            all[i] = m;
+            for input in [yaml_docs(&all), Value::Array(all.clone()).to_string()] {
+                let out = cli(
+                    &[
+                        "convert",
+                        "-f",
+                        "-",
+                        "--upstreams",
+                        "github",
+                        "-o",
+                        "istio",
+                        "--wasm",
+                        "oci://r/i:t",
+                    ],
+                    &input,
+                );
+                assert!(out.code == 0 || out.code == 1, "{input}\n{}", out.stderr);
+                if out.code == 1 {
+                    assert!(out.stderr.contains("error: "), "{}", out.stderr);
+                }
+                runs += 1;
+            }
+        }
+    }
+    assert!(runs > 500, "{runs}");
+}
+
+#[test]
+fn no_panic_on_garbage() {
+    let garbage: Vec<String> = vec![
+        String::new(),
+        "\u{feff}".into(),
+        "---\n---\n".into(),
+        "[".repeat(10_000),
+        "{".repeat(10_000),
+        "- ".repeat(5_000),
+        "a: &a [*a]\n".into(),
+        "a: &a\n  b: *a\n".into(),
+        "? complex\n: key\n".into(),
+        "apiVersion: toolhive.stacklok.dev/v1beta1\nkind: MCPExternalAuthConfig\nmetadata: 5\n"
+            .into(),
+        "apiVersion: 7\nkind: MCPExternalAuthConfig\n".into(),
+        "\0\u{1}\u{7f}".into(),
+        "%YAML 1.2\n---\na: !!binary aGVsbG8=\n".into(),
+        "a: 1e999\n".into(),
+        "12345678901234567890123456789: x\n".into(),
+    ];
+    for g in garbage {
+        for cmd in [
+            vec!["convert", "-f", "-", "--default", "x"],
+            vec!["validate", "-"],
+        ] {
+            let out = cli(&cmd, &g);
+            assert!(
+                out.code == 1,
+                "{cmd:?} {:?}: {}{}",
+                g.get(..40.min(g.len())),
+                out.stdout,
+                out.stderr
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real binary
+
+fn binary(args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outgoing-auth"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn binary_converts_stdin_and_its_output_validates() {
+    let out = binary(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--backend",
+            "github-mcp=github",
+            "--upstreams",
+            "github",
+        ],
+        &yaml_docs(&[github()]),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = String::from_utf8(out.stdout).unwrap();
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        v["outgoingAuth"]["backends"]["github-mcp"],
+        json!({"type":"upstream_inject","upstreamInject":{"providerName":"github"}})
+    );
+    let out = binary(&["validate", "-"], &json);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("<stdin>: valid"));
+}
+
+#[test]
+fn binary_exit_codes() {
+    assert_eq!(binary(&["crd"], "").status.code(), Some(0));
+    assert_eq!(binary(&["validate", "-"], "{}").status.code(), Some(1));
+    let out = binary(
+        &[
+            "convert",
+            "-f",
+            "k8s/examples/invalid/upstream-inject-without-config.yaml",
+            "--default",
+            "github-missing",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "error: k8s/examples/invalid/upstream-inject-without-config.yaml: MCPExternalAuthConfig \"github-missing\": upstream inject config is nil"
+    ));
+    assert_eq!(binary(&["--nope"], "").status.code(), Some(2));
+    assert_eq!(binary(&[], "").status.code(), Some(2));
+}
