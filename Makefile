@@ -11,7 +11,7 @@ PY_REQUIREMENTS := tests/requirements.txt
 ENVOY        = $(shell $(PY) -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
 SETUP_STAMP := $(VENV)/.setup-stamp
 
-.PHONY: help setup build test test-unit test-e2e lint run clean
+.PHONY: help setup build cli test test-unit test-e2e lint run clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,10 @@ $(SETUP_STAMP): Makefile $(PY_REQUIREMENTS)
 build: setup ## Build the filter: target/wasm32-wasip1/release/outgoing_auth.wasm
 	cargo build --release --target $(WASM_TARGET) --lib
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
+
+cli: ## Build the native outgoing-auth CLI (validate, convert, crd): target/release/outgoing-auth
+	cargo build --release --bin outgoing-auth
+	@echo "built target/release/outgoing-auth; try: target/release/outgoing-auth --help"
 
 test: test-unit test-e2e ## Everything: native unit tests, then end-to-end tests against a real Envoy
 
