@@ -1751,3 +1751,60 @@ fn binary_exit_codes() {
     assert_eq!(binary(&["--nope"], "").status.code(), Some(2));
     assert_eq!(binary(&[], "").status.code(), Some(2));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The README's examples are real
+
+/// Every `$ outgoing-auth convert ...` in the README's console blocks (without pipes or
+/// redirections) prints exactly what the README shows (stderr, then stdout).
+#[test]
+fn readme_convert_examples_are_the_real_output() {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let mut checked = 0;
+    for block in readme.split("```console\n").skip(1) {
+        let block = block.split("\n```").next().unwrap();
+        let mut lines = block.lines().peekable();
+        while let Some(line) = lines.next() {
+            let Some(mut command) = line.strip_prefix("$ ").map(str::to_owned) else {
+                continue;
+            };
+            while command.ends_with('\\') {
+                command.pop();
+                command.push_str(lines.next().unwrap().trim_start());
+            }
+            let mut expected = String::new();
+            while let Some(l) = lines.peek() {
+                if l.starts_with("$ ") {
+                    break;
+                }
+                expected.push_str(lines.next().unwrap());
+                expected.push('\n');
+            }
+            if !command.starts_with("outgoing-auth convert") || command.contains(['|', '>']) {
+                continue;
+            }
+            let args: Vec<String> = command
+                .split_whitespace()
+                .skip(1)
+                .map(|a| {
+                    if a.starts_with("k8s/") {
+                        repo(a)
+                    } else {
+                        a.to_owned()
+                    }
+                })
+                .collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = cli(&args, "");
+            let actual = format!("{}{}", out.stderr, out.stdout)
+                .replace(&format!("{}/", env!("CARGO_MANIFEST_DIR")), "");
+            assert_eq!(
+                actual.trim_end(),
+                expected.trim_end(),
+                "README: $ {command}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} README examples checked");
+}
