@@ -848,6 +848,52 @@ fn virtual_server_errors_name_the_field() {
 }
 
 #[test]
+fn virtual_server_without_spec_or_with_a_bad_one() {
+    let mut bare = vmcp(json!({}));
+    bare.as_object_mut().unwrap().remove("spec");
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--default",
+            "github",
+            "--upstreams",
+            "github",
+        ],
+        &yaml_docs(&[github(), bare]),
+    )
+    .ok();
+    assert!(
+        out.stderr
+            .contains("VirtualMCPServer \"eng\": has no spec.outgoingAuth"),
+        "{}",
+        out.stderr
+    );
+    let mut bad = vmcp(json!({}));
+    bad["spec"] = json!(["not", "a", "mapping"]);
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--default",
+            "github",
+            "--upstreams",
+            "github",
+        ],
+        &yaml_docs(&[github(), bad]),
+    )
+    .failed();
+    assert!(
+        out.stderr
+            .contains("VirtualMCPServer \"eng\": spec must be a mapping, found a list"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn missing_mapping_and_missing_resources_are_errors() {
     let out = cli(&["convert", "-f", "-"], &yaml_docs(&[github()])).failed();
     assert!(

@@ -202,13 +202,8 @@ pub fn convert_resource(object: &Object, opts: &Options) -> Result<Converted, Ve
     };
     let spec: MCPExternalAuthConfigSpec =
         serde_path_to_error::deserialize(&object.spec).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            err(if path == "." {
-                format!("spec: {inner}")
-            } else {
-                format!("spec.{path}: {inner}")
-            })
+            let field = spec_path(&e.path().to_string());
+            err(format!("{field}: {}", e.into_inner()))
         })?;
 
     let mut errors = Vec::new();
@@ -347,6 +342,15 @@ pub fn convert_resource(object: &Object, opts: &Options) -> Result<Converted, Ve
     })
 }
 
+/// `spec.a.b[0]` from serde_path_to_error's `a.b[0]` (`.` is the root, `[0]` a root index).
+fn spec_path(path: &str) -> String {
+    match path {
+        "." => "spec".to_owned(),
+        p if p.starts_with('[') => format!("spec{p}"),
+        p => format!("spec.{p}"),
+    }
+}
+
 /// ToolHive's converter writes the full URN for the short forms.
 fn normalize_token_type(s: &str) -> String {
     match s {
@@ -404,13 +408,24 @@ fn read_virtual_server(
     diags: &mut Vec<Diagnostic>,
 ) {
     let origin = object.origin();
-    let spec: VirtualServerSpec = match serde_path_to_error::deserialize(&object.spec) {
-        Ok(s) => s,
-        Err(e) => {
-            let path = e.path().to_string();
+    let decoded = match &object.spec {
+        Value::Null => Ok(VirtualServerSpec::default()),
+        spec @ Value::Object(_) => serde_path_to_error::deserialize(spec),
+        other => {
             diags.push(Diagnostic::error(
                 origin,
-                format!("spec.{path}: {}", e.into_inner()),
+                format!("spec must be a mapping, found {}", type_name(other)),
+            ));
+            return;
+        }
+    };
+    let spec: VirtualServerSpec = match decoded {
+        Ok(s) => s,
+        Err(e) => {
+            let field = spec_path(&e.path().to_string());
+            diags.push(Diagnostic::error(
+                origin,
+                format!("{field}: {}", e.into_inner()),
             ));
             return;
         }
