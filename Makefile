@@ -11,7 +11,11 @@ PY_REQUIREMENTS := tests/requirements.txt
 ENVOY        = $(shell $(PY) -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
 SETUP_STAMP := $(VENV)/.setup-stamp
 
-.PHONY: help setup build cli test test-unit test-e2e lint run clean
+BENCH_TARGET := target/bench
+NOOP_WASM   := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_noop.wasm
+INJECT_WASM := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_inject.wasm
+
+.PHONY: help setup build cli test test-unit test-e2e lint run bench bench-micro clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +51,15 @@ lint: setup ## rustfmt check and clippy (native and wasm target), warnings are e
 
 run: build ## Demo: Envoy with the filter on 127.0.0.1:10000 plus a demo backend (Ctrl-C stops all)
 	ENVOY_BIN=$(ENVOY) WASM_PATH=$(CURDIR)/$(WASM) $(PY) envoy/demo.py
+
+bench: build ## Benchmarks in a real Envoy, side by side with no filter, Lua, credential_injector (writes bench/results.md; minutes)
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	cd bench/noop && CARGO_TARGET_DIR=$(CURDIR)/$(BENCH_TARGET) cargo build --release --target $(WASM_TARGET)
+	cd bench/inject && CARGO_TARGET_DIR=$(CURDIR)/$(BENCH_TARGET) cargo build --release --target $(WASM_TARGET)
+	ENVOY_BIN=$(ENVOY) WASM_PATH=$(CURDIR)/$(WASM) NOOP_WASM=$(CURDIR)/$(NOOP_WASM) INJECT_WASM=$(CURDIR)/$(INJECT_WASM) $(PY) bench/run.py
+
+bench-micro: ## Micro-benchmarks of the hot pure functions (cargo bench)
+	cargo bench --bench hot_path
 
 clean: ## Remove build output and the virtualenv
 	cargo clean

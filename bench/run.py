@@ -1,0 +1,449 @@
+#!/usr/bin/env python3
+"""`make bench`: the cost of outgoing-auth in a real Envoy, side by side with the alternatives.
+
+Every arm is an Envoy (same version, same worker count, same listener, same upstream) that differs
+only in the filter under test. All arms run at once on their own ports and are driven in rotating
+rounds by wrk, so a noisy neighbour slows every arm of a round alike; the report uses ratios
+measured within a round. The upstream is a separate Envoy answering with `direct_response`.
+
+Environment knobs: BENCH_ROUNDS (default 5), BENCH_SECONDS per arm per round (default 5),
+BENCH_CONNECTIONS (32), BENCH_THREADS (2), BENCH_WORKERS (Envoy workers, 2),
+BENCH_SOAK_REQUESTS (1000000; 0 skips the cache soak), BENCH_ARMS (comma list to run a subset).
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+ENVOY = os.environ.get("ENVOY_BIN", "")
+WASM = os.environ.get("WASM_PATH", "")
+NOOP_WASM = os.environ.get("NOOP_WASM", "")
+INJECT_WASM = os.environ.get("INJECT_WASM", "")
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
+SOAK_REQUESTS = int(os.environ.get("BENCH_SOAK_REQUESTS", "1000000"))
+SOAK_SUBJECTS = 10_000
+SOAK_CACHE_ENTRIES = 1_000
+
+TOKEN = "gho_bench_token_0123456789abcdefghijklmnopqrstuvwxyz"
+GATEWAY_TOKEN = "gw-bench-gateway-token"
+ISSUED = "sts-issued-token-0123456789abcdefghijklmnopqrstuvwxyz"
+TOKEN_NS = "envoy.filters.http.ext_authz"
+
+ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
+# Stands in for the auth filter in every arm, so the arms differ only in the filter under test.
+SET_METADATA = {
+    "name": "envoy.filters.http.set_metadata",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config",
+        "metadata": [{"metadata_namespace": TOKEN_NS, "value": {"upstream_tokens": {"github": TOKEN}}}],
+    },
+}
+LUA_INJECT = """
+function envoy_on_request(handle)
+  local md = handle:streamInfo():dynamicMetadata():get("envoy.filters.http.ext_authz")
+  if md ~= nil and md["upstream_tokens"] ~= nil then
+    local token = md["upstream_tokens"]["github"]
+    if token ~= nil then
+      handle:headers():replace("authorization", "Bearer " .. token)
+    end
+  end
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wasm_filter(path: str, configuration: dict | None = None, env_keys: list[str] | None = None) -> dict:
+    config: dict = {
+        "name": "bench",
+        "root_id": "",
+        "vm_config": {
+            "vm_id": "bench",
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": {"local": {"filename": path}},
+        },
+        "failure_policy": "FAIL_CLOSED",
+    }
+    if configuration is not None:
+        config["configuration"] = {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": json.dumps(configuration),
+        }
+    if env_keys:
+        config["vm_config"]["environment_variables"] = {"host_env_keys": env_keys}
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config},
+    }
+
+
+def inject_config(backends: bool = True) -> dict:
+    """outgoing-auth upstream_inject for the bench backend (selected by cluster name)."""
+    strategy = {"type": "upstream_inject", "upstreamInject": {"providerName": "github"}}
+    outgoing = {"backends": {"backend": strategy}} if backends else {"default": strategy}
+    return {"authServer": {"upstreams": ["github"]}, "outgoingAuth": outgoing}
+
+
+def exchange_config(sts_port: int, max_entries: int = 10_000) -> dict:
+    return {
+        "outgoingAuth": {
+            "backends": {
+                "backend": {
+                    "type": "token_exchange",
+                    "tokenExchange": {
+                        "tokenUrl": f"http://127.0.0.1:{sts_port}/token",
+                        "cluster": "sts",
+                        "audience": "https://backend.example",
+                    },
+                }
+            }
+        },
+        "exchangeCache": {"maxEntries": max_entries},
+    }
+
+
+def cluster(name: str, port: int, http_filters: list | None = None) -> dict:
+    c: dict = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+        },
+    }
+    if http_filters is not None:
+        c["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": {}},
+                "http_filters": http_filters
+                + [{"name": "envoy.filters.http.upstream_codec", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}}],
+            }
+        }
+    return c
+
+
+def listener(name: str, port: int, http_filters: list, route: dict) -> dict:
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, **route}]}]},
+                "http_filters": http_filters,
+            },
+        }]}],
+    }
+
+
+@dataclass
+class Arm:
+    key: str
+    title: str
+    filters: list
+    backend_filters: list | None = None
+    secrets: list = field(default_factory=list)
+    wrk_script: str | None = None
+    env: dict = field(default_factory=dict)
+    port: int = 0
+    admin: int = 0
+    proc: subprocess.Popen | None = None
+    rps: list = field(default_factory=list)
+    p50: list = field(default_factory=list)
+    p99: list = field(default_factory=list)
+    avg: list = field(default_factory=list)
+    ratio_none: list = field(default_factory=list)
+    ratio_inject: list = field(default_factory=list)
+    non2xx: int = 0
+    rss_mib: float = 0.0
+
+
+def arms(upstream_port: int, sts_port: int) -> list[Arm]:
+    ex = exchange_config(sts_port)
+    return [
+        Arm("none", "no filter (the limit)", [SET_METADATA, ROUTER]),
+        Arm("noop", "wasm filter that does nothing", [SET_METADATA, wasm_filter(NOOP_WASM), ROUTER]),
+        Arm("inject", "cheapest possible wasm inject", [SET_METADATA, wasm_filter(INJECT_WASM), ROUTER]),
+        Arm("oa", "outgoing-auth upstream_inject (listener)", [SET_METADATA, wasm_filter(WASM, inject_config()), ROUTER]),
+        Arm("oa_default", "outgoing-auth upstream_inject, default strategy (listener)", [SET_METADATA, wasm_filter(WASM, inject_config(backends=False)), ROUTER]),
+        Arm("oa_upstream", "outgoing-auth upstream_inject (cluster upstream filter)", [SET_METADATA, ROUTER], backend_filters=[wasm_filter(WASM, inject_config())]),
+        Arm("lua", "Lua filter doing the same inject", [SET_METADATA, {
+            "name": "envoy.filters.http.lua",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua", "default_source_code": {"inline_string": LUA_INJECT}},
+        }, ROUTER]),
+        Arm("credential_injector", "native credential_injector, static generic secret", [SET_METADATA, {
+            "name": "envoy.filters.http.credential_injector",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
+                "overwrite": True,
+                "credential": {"name": "envoy.http.injected_credentials.generic", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic",
+                    "credential": {"name": "static-credential"}, "header": "Authorization"}},
+            },
+        }, ROUTER], secrets=[{"name": "static-credential", "generic_secret": {"secret": {"inline_string": f"Bearer {TOKEN}"}}}]),
+        Arm("te_warm", "outgoing-auth token_exchange, warm cache (all hits)", [SET_METADATA, wasm_filter(WASM, ex), ROUTER]),
+        Arm("te_miss", "outgoing-auth token_exchange, every request a miss", [SET_METADATA, wasm_filter(WASM, exchange_config(sts_port, max_entries=0)), ROUTER],
+            wrk_script="distinct"),
+    ]
+
+
+def sut_bootstrap(arm: Arm, upstream_port: int, sts_port: int) -> dict:
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": arm.admin}}},
+        "static_resources": {
+            "listeners": [listener(f"bench_{arm.key}", arm.port, arm.filters, {"route": {"cluster": "backend"}})],
+            "clusters": [cluster("backend", upstream_port, arm.backend_filters), cluster("sts", sts_port)],
+            "secrets": arm.secrets,
+        },
+    }
+
+
+def upstream_bootstrap(admin: int, port: int, sts_port: int) -> dict:
+    direct = lambda status, body, ctype: {"direct_response": {"status": status, "body": {"inline_string": body}}, "response_headers_to_add": [{"header": {"key": "content-type", "value": ctype}}]}
+    sts_body = json.dumps({"access_token": ISSUED, "token_type": "Bearer", "expires_in": 3600,
+                           "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"})
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {"listeners": [
+            listener("upstream", port, [ROUTER], direct(200, "ok", "text/plain")),
+            listener("sts", sts_port, [ROUTER], direct(200, sts_body, "application/json")),
+        ]},
+    }
+
+
+def start_envoy(config: dict, workdir: Path, name: str, concurrency: int, admin: int) -> subprocess.Popen:
+    path = workdir / f"{name}.json"
+    path.write_text(json.dumps(config))
+    log = open(workdir / f"{name}.log", "w")
+    proc = subprocess.Popen(
+        [ENVOY, "-c", str(path), "--disable-hot-restart", "--concurrency", str(concurrency), "-l", "warning", "--base-id-path", str(workdir / f"{name}.id")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"envoy {name} exited: see {workdir / (name + '.log')}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"envoy {name} not ready")
+
+
+WRK_DISTINCT = """
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/", {["Authorization"] = "Bearer subj-" .. math.random(1, 1000000000) .. "-" .. counter})
+end
+"""
+WRK_CYCLE = """
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/", {["Authorization"] = "Bearer subject-" .. (math.random(1, %d))})
+end
+""" % SOAK_SUBJECTS
+
+
+def parse_duration_us(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise ValueError(text)
+    value, unit = float(m.group(1)), m.group(2)
+    return value * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[unit]
+
+
+def run_wrk(port: int, seconds: int, script: str | None, workdir: Path) -> dict:
+    cmd = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-H", f"Authorization: Bearer {GATEWAY_TOKEN}"]
+    if script:
+        path = workdir / f"wrk_{script}.lua"
+        path.write_text(WRK_DISTINCT if script == "distinct" else WRK_CYCLE)
+        cmd += ["-s", str(path)]
+    out = subprocess.run(cmd + [f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    avg = parse_duration_us(re.search(r"^\s+Latency\s+(\S+)", out, re.M).group(1))
+    p50 = parse_duration_us(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = parse_duration_us(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "total": total, "avg": avg, "p50": p50, "p99": p99, "non2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"
+
+
+def stat(admin: int, name: str) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?filter={name}", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            k, _, v = line.partition(": ")
+            if k == name:
+                return int(v)
+    return 0
+
+
+def soak(arm_cfg: list, upstream_port: int, sts_port: int, workdir: Path) -> list[str]:
+    """token_exchange with SOAK_SUBJECTS distinct subjects over SOAK_REQUESTS requests, a cache of
+    SOAK_CACHE_ENTRIES slots: memory must stay flat while the cache evicts."""
+    arm = Arm("soak", "soak", [SET_METADATA, wasm_filter(WASM, exchange_config(sts_port, max_entries=SOAK_CACHE_ENTRIES)), ROUTER])
+    arm.port, arm.admin = free_port(), free_port()
+    arm.proc = start_envoy(sut_bootstrap(arm, upstream_port, sts_port), workdir, "soak", WORKERS, arm.admin)
+    lines = []
+    try:
+        done, samples, start = 0, [], time.time()
+        samples.append((0, rss_mib(arm.proc.pid)))
+        while done < SOAK_REQUESTS:
+            r = run_wrk(arm.port, 10, "cycle", workdir)
+            done += r["total"]
+            samples.append((done, rss_mib(arm.proc.pid)))
+        elapsed = time.time() - start
+        hits = stat(arm.admin, "wasmcustom.outgoing_auth.token_exchange.cache_hit")
+        misses = stat(arm.admin, "wasmcustom.outgoing_auth.token_exchange.cache_miss")
+        sts_calls = stat(arm.admin, "cluster.sts.upstream_rq_total")
+        lines.append(f"{done:,} requests over {SOAK_SUBJECTS:,} distinct subjects in {elapsed:.0f} s, cache of {SOAK_CACHE_ENTRIES:,} slots: "
+                     f"{hits:,} hits, {misses:,} misses, {sts_calls:,} STS calls.")
+        lines.append("Envoy RSS (MiB) by requests served: " + ", ".join(f"{n:,}: {m:.1f}" for n, m in samples))
+        first_half = [m for n, m in samples if 0 < n <= done / 2]
+        second_half = [m for n, m in samples if n > done / 2]
+        if first_half and second_half:
+            lines.append(f"Median RSS first half {statistics.median(first_half):.1f} MiB, second half {statistics.median(second_half):.1f} MiB.")
+    finally:
+        stop(arm.proc)
+    return lines
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def main() -> int:
+    for name, value in [("ENVOY_BIN", ENVOY), ("WASM_PATH", WASM), ("NOOP_WASM", NOOP_WASM), ("INJECT_WASM", INJECT_WASM)]:
+        if not value or not Path(value).exists():
+            print(f"bench: {name} must name an existing file (run through `make bench`)", file=sys.stderr)
+            return 2
+    if not shutil.which("wrk"):
+        print("bench: wrk is not installed (`make bench` installs it)", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="oa-bench-"))
+    upstream_port, sts_port, upstream_admin = free_port(), free_port(), free_port()
+    upstream = start_envoy(upstream_bootstrap(upstream_admin, upstream_port, sts_port), workdir, "upstream", 1, upstream_admin)
+    selected = os.environ.get("BENCH_ARMS")
+    all_arms = [a for a in arms(upstream_port, sts_port) if not selected or a.key in selected.split(",") or a.key in ("none", "inject")]
+    try:
+        for arm in all_arms:
+            arm.port, arm.admin = free_port(), free_port()
+            arm.proc = start_envoy(sut_bootstrap(arm, upstream_port, sts_port), workdir, arm.key, WORKERS, arm.admin)
+        print(f"bench: {len(all_arms)} arms, {ROUNDS} rounds x {SECONDS} s, wrk -t{THREADS} -c{CONNECTIONS}, Envoy --concurrency {WORKERS}", flush=True)
+        for arm in all_arms:  # warm-up: VM start, connection pools, the warm cache
+            run_wrk(arm.port, 1, arm.wrk_script, workdir)
+        by_key = {a.key: a for a in all_arms}
+        for rnd in range(ROUNDS):
+            order = all_arms[rnd % len(all_arms):] + all_arms[: rnd % len(all_arms)]
+            results = {}
+            for arm in order:
+                r = run_wrk(arm.port, SECONDS, arm.wrk_script, workdir)
+                results[arm.key] = r
+                arm.rps.append(r["rps"]); arm.p50.append(r["p50"]); arm.p99.append(r["p99"]); arm.avg.append(r["avg"])
+                arm.non2xx += r["non2xx"]
+            for arm in all_arms:
+                arm.ratio_none.append(results[arm.key]["rps"] / results["none"]["rps"])
+                arm.ratio_inject.append(results[arm.key]["rps"] / results["inject"]["rps"])
+            print(f"bench: round {rnd + 1}/{ROUNDS}: " + ", ".join(f"{a.key} {results[a.key]['rps']:.0f}/s" for a in all_arms), flush=True)
+        for arm in all_arms:
+            arm.rss_mib = rss_mib(arm.proc.pid)
+        none_avg = statistics.median(by_key["none"].avg)
+        soak_lines = soak(all_arms, upstream_port, sts_port, workdir) if SOAK_REQUESTS > 0 and WASM else []
+    finally:
+        for arm in all_arms:
+            stop(arm.proc)
+        stop(upstream)
+
+    envoy_version = subprocess.run([ENVOY, "--version"], capture_output=True, text=True).stdout.strip().split("version:")[-1].strip()
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
+    wasm_size = Path(WASM).stat().st_size
+    lines = [
+        "# outgoing-auth benchmark results",
+        "",
+        f"Generated by `make bench` on {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
+        f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}. Envoy {envoy_version}, {rustc}.",
+        f"Method: every arm is its own Envoy (--concurrency {WORKERS}) in front of the same direct_response Envoy; "
+        f"wrk -t{THREADS} -c{CONNECTIONS}, {ROUNDS} rounds of {SECONDS} s per arm in rotating order; ratios are taken within a round, "
+        "shown as median (min–max over rounds). Every arm runs set_metadata first (standing in for the auth filter).",
+        f"outgoing_auth.wasm: {wasm_size:,} bytes.",
+        "",
+        "| arm | req/s (median) | p50 µs | p99 µs | × no filter | × cheapest wasm inject | added µs/request | RSS MiB | non-2xx |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in all_arms:
+        added = statistics.median(arm.avg) - none_avg
+        lines.append(
+            f"| {arm.title} | {statistics.median(arm.rps):,.0f} | {statistics.median(arm.p50):.0f} | {statistics.median(arm.p99):.0f} | "
+            f"{spread(arm.ratio_none)} | {spread(arm.ratio_inject)} | {added:+.1f} | {arm.rss_mib:.1f} | {arm.non2xx} |"
+        )
+    if soak_lines:
+        lines += ["", "## Cache soak", ""] + soak_lines
+    report = "\n".join(lines) + "\n"
+    (HERE / "results.md").write_text(report)
+    print(report)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
