@@ -35,6 +35,48 @@ pub struct Config {
     pub outgoing_auth: OutgoingAuth,
     /// The exchanged-token cache (Envoy addition; vMCP has none).
     pub exchange_cache: CacheSettings,
+    /// Where a request's backend name is looked up, in order (Envoy addition).
+    pub backend_name_sources: Vec<BackendNameSource>,
+}
+
+/// A place the backend name of a request can come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendNameSource {
+    /// Route metadata `filter_metadata.outgoing_auth.backend` (listener filters only).
+    RouteMetadata,
+    /// Cluster metadata `filter_metadata.outgoing_auth.backend`.
+    ClusterMetadata,
+    /// The name of the cluster the request is routed to.
+    ClusterName,
+}
+
+impl BackendNameSource {
+    pub const ALL: [BackendNameSource; 3] = [
+        BackendNameSource::RouteMetadata,
+        BackendNameSource::ClusterMetadata,
+        BackendNameSource::ClusterName,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendNameSource::RouteMetadata => "routeMetadata",
+            BackendNameSource::ClusterMetadata => "clusterMetadata",
+            BackendNameSource::ClusterName => "clusterName",
+        }
+    }
+
+    /// The serialized (NUL-joined) property path, ready for `proxy_get_property`.
+    pub fn property_path(self) -> &'static [u8] {
+        match self {
+            BackendNameSource::RouteMetadata => {
+                b"xds\0route_metadata\0filter_metadata\0outgoing_auth\0backend"
+            }
+            BackendNameSource::ClusterMetadata => {
+                b"xds\0cluster_metadata\0filter_metadata\0outgoing_auth\0backend"
+            }
+            BackendNameSource::ClusterName => b"xds\0cluster_name",
+        }
+    }
 }
 
 /// The authorization server an earlier auth filter talks to, and where that filter leaves the
@@ -270,7 +312,16 @@ fn decode(
         }
     };
     let mut d = Decoder { problems, env };
-    let top = d.object(&root, "$", &["authServer", "outgoingAuth", "exchangeCache"])?;
+    let top = d.object(
+        &root,
+        "$",
+        &[
+            "authServer",
+            "outgoingAuth",
+            "exchangeCache",
+            "backendNameSources",
+        ],
+    )?;
     let auth_server_value = top.get("authServer");
     let auth_server = auth_server_value.and_then(|v| d.auth_server(v, "authServer"));
     let auth_server_broken = auth_server_value.is_some() && auth_server.is_none();
@@ -290,11 +341,13 @@ fn decode(
         Some(v) => d.exchange_cache(v, "exchangeCache").unwrap_or_default(),
         None => CacheSettings::default(),
     };
+    let backend_name_sources = d.backend_name_sources(&top);
     Some(Decoded {
         config: Config {
             auth_server,
             outgoing_auth: outgoing_auth?,
             exchange_cache,
+            backend_name_sources,
         },
         auth_server_broken,
     })
@@ -562,6 +615,52 @@ impl Decoder<'_, '_> {
             layout: layout?,
             max_token_bytes: max?,
         })
+    }
+
+    /// `backendNameSources`: a non-empty list of distinct sources; all three, in the documented
+    /// order, when absent. A problem falls back to the default (the error fails the config).
+    fn backend_name_sources(&mut self, top: &Obj<'_>) -> Vec<BackendNameSource> {
+        let default = BackendNameSource::ALL.to_vec();
+        let Some(names) = self.string_array(top, "backendNameSources") else {
+            return default;
+        };
+        let path = top.field("backendNameSources");
+        let valid: Vec<&str> = BackendNameSource::ALL.iter().map(|s| s.name()).collect();
+        let mut sources = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            match BackendNameSource::ALL.iter().find(|s| s.name() == name) {
+                Some(source) if !sources.contains(source) => sources.push(*source),
+                Some(_) => self.problems.report(
+                    Rule::S15,
+                    &format!("{path}[{i}]"),
+                    format!("{} is listed more than once", quote(name)),
+                ),
+                None => self.problems.report(
+                    Rule::S15,
+                    &format!("{path}[{i}]"),
+                    format!(
+                        "unknown backend name source {}; valid sources are: {}",
+                        quote(name),
+                        valid.join(", ")
+                    ),
+                ),
+            }
+        }
+        if names.is_empty() {
+            self.problems.report(
+                Rule::S15,
+                &path,
+                format!(
+                    "backendNameSources must name at least one of: {}",
+                    valid.join(", ")
+                ),
+            );
+        }
+        if sources.is_empty() {
+            default
+        } else {
+            sources
+        }
     }
 
     fn exchange_cache(&mut self, v: &Value, path: &str) -> Option<CacheSettings> {

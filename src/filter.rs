@@ -19,9 +19,7 @@ use crate::flights::{Departure, Flights};
 use crate::host;
 use crate::metadata;
 use crate::stats::Counter;
-use crate::strategy::{
-    Decision, Edit, ExchangePlan, Plan, Plans, RequestView, BACKEND_NAME_SOURCES,
-};
+use crate::strategy::{Decision, Edit, ExchangePlan, Plan, Plans, RequestView};
 
 /// Metric ids, by [`Counter::index`]; `None` when the host refused to define one.
 type Counters = [Option<u32>; Counter::ALL.len()];
@@ -81,11 +79,7 @@ impl Runtime {
     }
 
     fn on_request_headers(&self, context_id: u32, exchange_key: &mut Option<CacheKey>) -> Action {
-        let backend = if self.plans.selects_by_backend() {
-            backend_name()
-        } else {
-            None
-        };
+        let backend = backend_name(self.plans.backend_name_paths());
         let plan = self.plans.for_backend(backend.as_deref());
         let token = match plan.token_path() {
             Some(path) => host::get_property(path).map_err(|status| {
@@ -491,9 +485,9 @@ impl HttpContext for Filter {
     }
 }
 
-/// The first backend name that exists: route metadata, cluster metadata, cluster name.
-fn backend_name() -> Option<Vec<u8>> {
-    BACKEND_NAME_SOURCES.iter().find_map(|path| {
+/// The first backend name that exists, trying the configured sources in order.
+fn backend_name(paths: &[&[u8]]) -> Option<Vec<u8>> {
+    paths.iter().find_map(|path| {
         host::get_property(path)
             .ok()
             .flatten()

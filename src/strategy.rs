@@ -12,14 +12,6 @@ use crate::http;
 use crate::metadata::{self, TokenProblem};
 use crate::stats::Counter;
 
-/// Where the backend name of a request comes from, in order; the first that exists wins.
-/// Serialized property paths (NUL-joined), ready for `proxy_get_property`.
-pub const BACKEND_NAME_SOURCES: [&[u8]; 3] = [
-    b"xds\0route_metadata\0filter_metadata\0outgoing_auth\0backend",
-    b"xds\0cluster_metadata\0filter_metadata\0outgoing_auth\0backend",
-    b"xds\0cluster_name",
-];
-
 /// A strategy ready to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
@@ -228,6 +220,8 @@ pub struct Plans {
     default: Plan,
     backends: HashMap<String, Plan>,
     pub tokens: TokenSource,
+    /// Serialized property paths of the backend name sources, in order.
+    backend_name_paths: Vec<&'static [u8]>,
 }
 
 impl Plans {
@@ -252,13 +246,22 @@ impl Plans {
             default,
             backends,
             tokens,
+            backend_name_paths: config
+                .backend_name_sources
+                .iter()
+                .map(|s| s.property_path())
+                .collect(),
         }
     }
 
-    /// Whether the backend name matters at all: with no per-backend strategies every request gets
-    /// the default, and the request path skips the name lookups.
-    pub fn selects_by_backend(&self) -> bool {
-        !self.backends.is_empty()
+    /// The property paths to try, in order, for a request's backend name. Empty when the name
+    /// does not matter (no per-backend strategies): the request path then reads nothing.
+    pub fn backend_name_paths(&self) -> &[&'static [u8]] {
+        if self.backends.is_empty() {
+            &[]
+        } else {
+            &self.backend_name_paths
+        }
     }
 
     /// The plan for a backend name (`None`: no name could be found): `backends[name]`, else
@@ -355,7 +358,29 @@ mod tests {
     fn no_default_means_unauthenticated() {
         let p = plans(r#"{"outgoingAuth": {}}"#);
         assert_eq!(p.for_backend(Some(b"anything")), &Plan::Unauthenticated);
-        assert!(!p.selects_by_backend());
+        assert!(p.backend_name_paths().is_empty(), "nothing to look up");
+    }
+
+    #[test]
+    fn backend_name_sources_default_to_all_three_in_order() {
+        let p = plans(EXAMPLE);
+        assert_eq!(
+            p.backend_name_paths(),
+            [
+                &b"xds\0route_metadata\0filter_metadata\0outgoing_auth\0backend"[..],
+                &b"xds\0cluster_metadata\0filter_metadata\0outgoing_auth\0backend"[..],
+                &b"xds\0cluster_name"[..],
+            ]
+        );
+    }
+
+    #[test]
+    fn backend_name_sources_can_be_narrowed() {
+        let p = plans(
+            r#"{"backendNameSources": ["clusterName"],
+                "outgoingAuth": {"backends": {"a": {"type": "unauthenticated"}}}}"#,
+        );
+        assert_eq!(p.backend_name_paths(), [&b"xds\0cluster_name"[..]]);
     }
 
     #[test]

@@ -48,12 +48,14 @@ pub enum Rule {
     S13,
     /// A number is out of its allowed range.
     S14,
+    /// `backendNameSources`: empty, an unknown source, or one listed twice.
+    S15,
     /// Warning: a client secret is written inline in the configuration.
     W01,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 19] = [
+    pub const ALL: [Rule; 20] = [
         Rule::V01,
         Rule::V02,
         Rule::V05,
@@ -72,6 +74,7 @@ impl Rule {
         Rule::S12,
         Rule::S13,
         Rule::S14,
+        Rule::S15,
         Rule::W01,
     ];
 
@@ -95,6 +98,7 @@ impl Rule {
             Rule::S12 => "S-12",
             Rule::S13 => "S-13",
             Rule::S14 => "S-14",
+            Rule::S15 => "S-15",
             Rule::W01 => "W-01",
         }
     }

@@ -766,3 +766,38 @@ fn rule_ids_are_unique_and_well_formed() {
     ids.dedup();
     assert_eq!(ids.len(), Rule::ALL.len());
 }
+
+// ---- S-15: backend name sources
+
+#[test]
+fn s15_backend_name_sources_default_to_all_three() {
+    use outgoing_auth::config::BackendNameSource;
+    let c = load(&json!({ "outgoingAuth": {} })).unwrap().config;
+    assert_eq!(c.backend_name_sources, BackendNameSource::ALL);
+    let c = load(
+        &json!({ "backendNameSources": ["clusterName", "routeMetadata"], "outgoingAuth": {} }),
+    )
+    .unwrap()
+    .config;
+    assert_eq!(
+        c.backend_name_sources,
+        [
+            BackendNameSource::ClusterName,
+            BackendNameSource::RouteMetadata
+        ]
+    );
+}
+
+#[test]
+fn s15_unknown_duplicate_or_no_sources_are_rejected() {
+    let v = json!({ "backendNameSources": ["clusterName", "header"], "outgoingAuth": {} });
+    let text = only_error(&v, Rule::S15, "backendNameSources[1]");
+    assert!(
+        text.contains("routeMetadata, clusterMetadata, clusterName"),
+        "{text}"
+    );
+    let v = json!({ "backendNameSources": ["clusterName", "clusterName"], "outgoingAuth": {} });
+    only_error(&v, Rule::S15, "backendNameSources[1]");
+    let v = json!({ "backendNameSources": [], "outgoingAuth": {} });
+    only_error(&v, Rule::S15, "backendNameSources");
+}
