@@ -107,11 +107,14 @@ def wasm_filter(path: str, configuration: dict | None = None, env_keys: list[str
     }
 
 
-def inject_config(backends: bool = True) -> dict:
+def inject_config(backends: bool = True, sources: list[str] | None = None) -> dict:
     """outgoing-auth upstream_inject for the bench backend (selected by cluster name)."""
     strategy = {"type": "upstream_inject", "upstreamInject": {"providerName": "github"}}
     outgoing = {"backends": {"backend": strategy}} if backends else {"default": strategy}
-    return {"authServer": {"upstreams": ["github"]}, "outgoingAuth": outgoing}
+    config = {"authServer": {"upstreams": ["github"]}, "outgoingAuth": outgoing}
+    if sources:
+        config["backendNameSources"] = sources
+    return config
 
 
 def exchange_config(sts_port: int, max_entries: int = 10_000) -> dict:
@@ -199,7 +202,8 @@ def arms(upstream_port: int, sts_port: int) -> list[Arm]:
         Arm("noop", "wasm filter that does nothing", [SET_METADATA, wasm_filter(NOOP_WASM), ROUTER]),
         Arm("inject", "cheapest possible wasm inject", [SET_METADATA, wasm_filter(INJECT_WASM), ROUTER]),
         Arm("oa", "outgoing-auth upstream_inject (listener)", [SET_METADATA, wasm_filter(WASM, inject_config()), ROUTER]),
-        Arm("oa_default", "outgoing-auth upstream_inject, default strategy (listener)", [SET_METADATA, wasm_filter(WASM, inject_config(backends=False)), ROUTER]),
+        Arm("oa_cluster_name", "outgoing-auth upstream_inject, backendNameSources [clusterName] (listener)", [SET_METADATA, wasm_filter(WASM, inject_config(sources=["clusterName"])), ROUTER]),
+        Arm("oa_default", "outgoing-auth upstream_inject, default strategy only (listener)", [SET_METADATA, wasm_filter(WASM, inject_config(backends=False)), ROUTER]),
         Arm("oa_upstream", "outgoing-auth upstream_inject (cluster upstream filter)", [SET_METADATA, ROUTER], backend_filters=[wasm_filter(WASM, inject_config())]),
         Arm("lua", "Lua filter doing the same inject", [SET_METADATA, {
             "name": "envoy.filters.http.lua",
