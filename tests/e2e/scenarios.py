@@ -147,6 +147,13 @@ CUSTOM_NS_FILTER_CONFIG = {
 }
 CUSTOM_NS_GITHUB_TOKEN = "gho_custom_ns_github_token"
 
+# sources listener: backendNameSources narrowed to the cluster name, so route and cluster
+# metadata are never consulted.
+SOURCES_FILTER_CONFIG = {
+    **TOKENS_FILTER_CONFIG,
+    "backendNameSources": ["clusterName"],
+}
+
 # upstream (cluster filter) placement; no default, so unknown clusters are unauthenticated.
 UPSTREAM_FILTER_CONFIG = {
     "authServer": {"upstreams": ["github", "slack"], "tokens": STRUCT_TOKENS},
@@ -215,6 +222,14 @@ def gateway_config(wasm: Path, backend_port: int, ext_authz_port: int) -> dict:
                 h.set_metadata_filter({"upstream_tokens": {"github": DEFAULTS_GITHUB_TOKEN}}),
                 wasm_filter(DEFAULTS_FILTER_CONFIG),
             ],
+        ),
+        h.http_listener(
+            "sources",
+            [
+                h.route("/sources/route-metadata/", "atlassian-mcp", backend="github-mcp"),
+                h.route("/sources/cluster-metadata/", "meta-internal"),
+            ],
+            [h.set_metadata_filter(TOKENS_METADATA), wasm_filter(SOURCES_FILTER_CONFIG)],
         ),
         h.http_listener(
             "custom-ns",

@@ -13,6 +13,9 @@ path                       cluster         backend name (source)       strategy
 /unknown-backend/          backend         no-such-backend (route)     default: X-Default-Key
 /bare/unknown/ (bare)      backend         no-such-backend (route)     no default: unauthenticated
 =========================  ==============  ==========================  =========================
+
+The ``sources`` listener narrows ``backendNameSources`` to ``["clusterName"]``: route and cluster
+metadata are then never consulted.
 """
 
 from __future__ import annotations
@@ -77,3 +80,25 @@ def test_unlisted_backend_without_default_is_unauthenticated(gateway, backend, u
     seen = sc.only_request(backend, path, resp)
     assert credentials(seen) == {}
     sc.assert_no_secrets(seen.header_blob(), ["gw-alice-token"], "backend headers")
+
+
+def test_backend_name_sources_narrowed_to_the_cluster_name_ignore_route_metadata(
+    gateway, backend, unique
+):
+    # Route metadata names github-mcp, but only the cluster name (atlassian-mcp) is consulted.
+    path = unique("/sources/route-metadata/")
+    resp = h.request(gateway.port("sources"), path, GATEWAY)
+
+    seen = sc.only_request(backend, path, resp)
+    assert credentials(seen) == {"authorization": [f"Bearer {sc.ATLASSIAN_TOKEN}"]}
+
+
+def test_backend_name_sources_narrowed_to_the_cluster_name_ignore_cluster_metadata(
+    gateway, backend, unique
+):
+    # Cluster metadata names internal; the cluster name meta-internal is not a backend: default.
+    path = unique("/sources/cluster-metadata/")
+    resp = h.request(gateway.port("sources"), path, GATEWAY)
+
+    seen = sc.only_request(backend, path, resp)
+    assert credentials(seen) == {sc.DEFAULT_HEADER[0]: [sc.DEFAULT_HEADER[1]]}
