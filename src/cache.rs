@@ -130,23 +130,14 @@ pub fn holds(entry: &[u8], key: &CacheKey) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{SubjectTokenType, TokenUrl};
+    use crate::config::SubjectTokenType;
 
     fn te() -> TokenExchange {
         TokenExchange {
-            token_url: TokenUrl {
-                url: "https://sts.example/token".into(),
-                authority: "sts.example".into(),
-                path: "/token".into(),
-            },
-            cluster: "sts".into(),
             client_id: Some("gateway".into()),
-            client_secret: None,
             audience: Some("https://corp".into()),
             scopes: vec!["write".into(), "read".into(), "admin".into()],
-            subject_token_type: SubjectTokenType::AccessToken,
-            subject_provider_name: None,
-            timeout_ms: 5000,
+            ..TokenExchange::example()
         }
     }
 

@@ -166,6 +166,28 @@ pub struct TokenExchange {
     pub timeout_ms: u64,
 }
 
+#[cfg(test)]
+impl TokenExchange {
+    /// A minimal valid exchange for tests: `https://sts.example/token` via cluster `sts`.
+    pub(crate) fn example() -> Self {
+        TokenExchange {
+            token_url: TokenUrl {
+                url: "https://sts.example/token".into(),
+                authority: "sts.example".into(),
+                path: "/token".into(),
+            },
+            cluster: "sts".into(),
+            client_id: None,
+            client_secret: None,
+            audience: None,
+            scopes: vec![],
+            subject_token_type: SubjectTokenType::AccessToken,
+            subject_provider_name: None,
+            timeout_ms: DEFAULT_EXCHANGE_TIMEOUT_MS,
+        }
+    }
+}
+
 /// A `tokenUrl` split into what an Envoy HTTP call needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenUrl {

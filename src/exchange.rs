@@ -314,24 +314,10 @@ fn truncate_for_log(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Secret, SecretSource, SubjectTokenType, TokenUrl};
+    use crate::config::{Secret, SecretSource, SubjectTokenType};
 
     fn te() -> TokenExchange {
-        TokenExchange {
-            token_url: TokenUrl {
-                url: "https://sts.example/oauth2/token".into(),
-                authority: "sts.example".into(),
-                path: "/oauth2/token".into(),
-            },
-            cluster: "sts".into(),
-            client_id: None,
-            client_secret: None,
-            audience: None,
-            scopes: vec![],
-            subject_token_type: SubjectTokenType::AccessToken,
-            subject_provider_name: None,
-            timeout_ms: 5000,
-        }
+        TokenExchange::example()
     }
 
     fn form(body: &str) -> Vec<(String, String)> {
@@ -414,7 +400,7 @@ mod tests {
     fn request_has_the_rfc8693_form_and_the_call_headers() {
         let req = build_request(&te(), "subject-token");
         assert_eq!(header(&req, ":method"), Some("POST"));
-        assert_eq!(header(&req, ":path"), Some("/oauth2/token"));
+        assert_eq!(header(&req, ":path"), Some("/token"));
         assert_eq!(header(&req, ":authority"), Some("sts.example"));
         assert_eq!(
             header(&req, "content-type"),

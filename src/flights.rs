@@ -117,25 +117,10 @@ impl<C> Flights<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{SubjectTokenType, TokenExchange, TokenUrl};
+    use crate::config::TokenExchange;
 
     fn key(subject: &str) -> CacheKey {
-        let te = TokenExchange {
-            token_url: TokenUrl {
-                url: "https://sts/token".into(),
-                authority: "sts".into(),
-                path: "/token".into(),
-            },
-            cluster: "sts".into(),
-            client_id: None,
-            client_secret: None,
-            audience: None,
-            scopes: vec![],
-            subject_token_type: SubjectTokenType::AccessToken,
-            subject_provider_name: None,
-            timeout_ms: 1,
-        };
-        CacheKey::new(&te, subject)
+        CacheKey::new(&TokenExchange::example(), subject)
     }
 
     #[test]
