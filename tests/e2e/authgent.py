@@ -7,6 +7,12 @@ authentication costs one bcrypt (about 0.2 s) per call, so the tests keep their 
 small; error codes differ from the RFC in places (scope not registered: 403 insufficient_scope).
 
 ``verify_es256`` checks an issued JWT's signature against the server's JWKS with ``cryptography``.
+
+The ``make run`` demo uses this module too (``envoy/demo.py`` starts the STS with it,
+``envoy/ext_authz.py`` mints its users' corporate tokens through ``AuthgentApi``, and the corp MCP
+server of ``envoy/mcp_servers.py`` checks the tokens it receives with ``verify_es256``), so it needs
+only the standard library, ``harness`` (standard library too) and, for ``verify_es256``,
+``cryptography``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ class AuthgentError(AssertionError):
     pass
 
 
+class JwtError(ValueError):
+    """A token that is not an ES256 compact JWS whose key is in the JWKS."""
+
+
 @dataclass(frozen=True)
 class Client:
     name: str
@@ -44,23 +54,75 @@ class Client:
         return "Basic " + base64.b64encode(f"{self.id}:{self.secret}".encode()).decode()
 
 
-class Authgent:
-    """One authgent-server process; ``start()``/``stop()`` or a context manager."""
+class AuthgentApi:
+    """The OAuth endpoints of an authgent-server listening on 127.0.0.1:``port``."""
 
-    def __init__(self, workdir: Path, exchange_ttl_s: int) -> None:
-        self.dir = Path(workdir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.exchange_ttl_s = exchange_ttl_s
-        self.log_path = self.dir / "authgent.log"
-        self.executable = Path(sys.executable).parent / "authgent-server"
-        self.proc: subprocess.Popen | None = None
-        self._log_file = None
-        self.port: int | None = None
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port
         self.minted: list[str] = []  # every access token client_credentials() obtained
 
     @property
     def url(self) -> str:
         return f"http://{h.LOOPBACK}:{self.port}"
+
+    def log_tail(self, lines: int = 40) -> str:
+        """What to add to an error message: the server's log, when this process has it."""
+        return ""
+
+    def _call(
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None = None, expect: int = 200
+    ) -> Any:
+        assert self.port is not None, "authgent-server has no port yet"
+        resp = h.request(self.port, path, headers, method=method, body=body)
+        if resp.status != expect:
+            raise AuthgentError(f"authgent {method} {path}: {resp.describe()}\n{self.log_tail()}")
+        return resp.json()
+
+    def register(self, name: str, grant_types: list[str], scope: str = "read write") -> Client:
+        """RFC 7591 registration of a confidential client (client_secret_basic)."""
+        doc = {
+            "client_name": name,
+            "grant_types": grant_types,
+            "scope": scope,
+            "token_endpoint_auth_method": "client_secret_basic",
+        }
+        got = self._call(
+            "POST", "/register", [("content-type", "application/json")], json.dumps(doc).encode(), expect=201
+        )
+        return Client(name, got["client_id"], got["client_secret"])
+
+    def client_credentials(self, client: Client, scope: str = "read write") -> str:
+        """An access token (an ES256 JWT) for ``client``: a subject token to exchange."""
+        body = f"grant_type={CLIENT_CREDENTIALS}&scope={scope.replace(' ', '+')}".encode()
+        headers = [
+            ("authorization", client.basic()),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ]
+        token = self._call("POST", "/token", headers, body)["access_token"]
+        self.minted.append(token)
+        return token
+
+    def jwks(self) -> dict:
+        return self._call("GET", "/.well-known/jwks.json", [])
+
+
+class Authgent(AuthgentApi):
+    """One authgent-server process; ``start()``/``stop()`` or a context manager.
+
+    ``port`` None: a free port, retried if another process takes it first (the tests). A given
+    port is used as is (the demo).
+    """
+
+    def __init__(self, workdir: Path, exchange_ttl_s: int, port: int | None = None) -> None:
+        super().__init__()
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.exchange_ttl_s = exchange_ttl_s
+        self.fixed_port = port
+        self.log_path = self.dir / "authgent.log"
+        self.executable = Path(sys.executable).parent / "authgent-server"
+        self.proc: subprocess.Popen | None = None
+        self._log_file = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -72,7 +134,7 @@ class Authgent:
             )
         # It binds the port itself: a port taken between free_ports() and its bind is retried.
         for attempt in range(3):
-            self.port = h.free_ports(1)[0]
+            self.port = self.fixed_port or h.free_ports(1)[0]
             self._launch()
             try:
                 self._wait_healthy()
@@ -80,7 +142,7 @@ class Authgent:
             except AuthgentError:
                 in_use = "address already in use" in self.log_text().lower()
                 self.stop()
-                if not in_use or attempt == 2:
+                if not in_use or self.fixed_port or attempt == 2:
                     raise
         return self
 
@@ -113,6 +175,9 @@ class Authgent:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             env=env,
+            # Its own session: a Ctrl-C in the terminal reaches only whoever started it, which
+            # then stops it in order.
+            start_new_session=True,
         )
         h.track_process(self.proc)
 
@@ -166,43 +231,6 @@ class Authgent:
         tail = self.log_text().splitlines()[-lines:]
         return f"--- last {len(tail)} lines of {self.log_path} ---\n" + "\n".join(tail)
 
-    # -- OAuth ---------------------------------------------------------------------------------
-
-    def _call(
-        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None = None, expect: int = 200
-    ) -> Any:
-        assert self.port is not None
-        resp = h.request(self.port, path, headers, method=method, body=body)
-        assert resp.status == expect, f"authgent {method} {path}: {resp.describe()}\n{self.log_tail()}"
-        return resp.json()
-
-    def register(self, name: str, grant_types: list[str], scope: str = "read write") -> Client:
-        """RFC 7591 registration of a confidential client (client_secret_basic)."""
-        doc = {
-            "client_name": name,
-            "grant_types": grant_types,
-            "scope": scope,
-            "token_endpoint_auth_method": "client_secret_basic",
-        }
-        got = self._call(
-            "POST", "/register", [("content-type", "application/json")], json.dumps(doc).encode(), expect=201
-        )
-        return Client(name, got["client_id"], got["client_secret"])
-
-    def client_credentials(self, client: Client, scope: str = "read write") -> str:
-        """An access token (an ES256 JWT) for ``client``: a subject token to exchange."""
-        body = f"grant_type={CLIENT_CREDENTIALS}&scope={scope.replace(' ', '+')}".encode()
-        headers = [
-            ("authorization", client.basic()),
-            ("content-type", "application/x-www-form-urlencoded"),
-        ]
-        token = self._call("POST", "/token", headers, body)["access_token"]
-        self.minted.append(token)
-        return token
-
-    def jwks(self) -> dict:
-        return self._call("GET", "/.well-known/jwks.json", [])
-
 
 # --------------------------------------------------------------------------------------------
 # JWTs
@@ -213,34 +241,49 @@ def _b64url(part: str) -> bytes:
 
 
 def jwt_parts(token: str) -> tuple[dict, dict]:
-    """Header and claims of a compact JWS, unverified."""
+    """Header and claims of a compact JWS, unverified; JwtError when it is not one."""
     parts = token.split(".")
-    assert len(parts) == 3, f"not a compact JWS: {len(parts)} parts"
-    return json.loads(_b64url(parts[0])), json.loads(_b64url(parts[1]))
+    if len(parts) != 3:
+        raise JwtError(f"not a compact JWS: {len(parts)} parts")
+    try:
+        header, claims = json.loads(_b64url(parts[0])), json.loads(_b64url(parts[1]))
+    except ValueError as e:  # bad base64, bad UTF-8, bad JSON
+        raise JwtError(f"not a compact JWS: {e}") from None
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise JwtError("not a compact JWS: header or claims not a JSON object")
+    return header, claims
 
 
 def verify_es256(token: str, jwks: dict) -> dict[str, Any]:
     """The claims of ``token`` after checking its ES256 signature with the JWKS key of its kid;
-    raises ``cryptography.exceptions.InvalidSignature`` (or AssertionError) otherwise."""
+    raises ``cryptography.exceptions.InvalidSignature`` or JwtError otherwise. Checks no claim:
+    ``iss``, ``aud`` and ``exp`` are the caller's."""
     # Imported here so that only the tests that verify signatures need the package.
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
     header, claims = jwt_parts(token)
-    assert header.get("alg") == "ES256", header
+    if header.get("alg") != "ES256":
+        raise JwtError(f"alg {header.get('alg')!r}, not ES256")
     keys = [k for k in jwks.get("keys", []) if k.get("kid") == header.get("kid")]
-    assert len(keys) == 1, f"kid {header.get('kid')!r} not (uniquely) in the JWKS {jwks}"
+    if len(keys) != 1:
+        raise JwtError(f"kid {header.get('kid')!r} not (uniquely) in the JWKS")
     key = keys[0]
-    assert (key.get("kty"), key.get("crv")) == ("EC", "P-256"), key
+    if (key.get("kty"), key.get("crv")) != ("EC", "P-256"):
+        raise JwtError(f"JWKS key {header.get('kid')!r} is not an EC P-256 key")
     public = ec.EllipticCurvePublicNumbers(
         int.from_bytes(_b64url(key["x"]), "big"),
         int.from_bytes(_b64url(key["y"]), "big"),
         ec.SECP256R1(),
     ).public_key()
     signing_input, _, sig_b64 = token.rpartition(".")
-    sig = _b64url(sig_b64)
-    assert len(sig) == 64, f"an ES256 signature is r||s, 64 bytes; got {len(sig)}"
+    try:
+        sig = _b64url(sig_b64)
+    except ValueError:
+        raise JwtError("the signature is not base64url") from None
+    if len(sig) != 64:
+        raise JwtError(f"an ES256 signature is r||s, 64 bytes; got {len(sig)}")
     der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
     public.verify(der, signing_input.encode(), ec.ECDSA(hashes.SHA256()))
     return claims
