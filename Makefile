@@ -49,7 +49,7 @@ lint: setup ## rustfmt check and clippy (native and wasm target), warnings are e
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --release --target $(WASM_TARGET) --lib -- -D warnings
 
-run: build ## Demo: Envoy with the filter on 127.0.0.1:10000 plus a demo backend (Ctrl-C stops all)
+run: build ## Demo: Envoy + the filter, ext_authz, an STS and three MCP servers on loopback (Ctrl-C stops all)
 	ENVOY_BIN=$(ENVOY) WASM_PATH=$(CURDIR)/$(WASM) $(PY) envoy/demo.py
 
 bench: build ## Benchmarks in a real Envoy, side by side with no filter, Lua, credential_injector (writes bench/results.md; minutes)

@@ -1,17 +1,26 @@
 #!/usr/bin/env python3
-"""outgoing-auth demo: Envoy 1.40 with the filter on 127.0.0.1:10000 plus a demo backend.
+"""outgoing-auth demo: an MCP gateway (Envoy + the filter) in front of three real MCP servers.
 
     make run        # builds the filter, then runs this with ENVOY_BIN and WASM_PATH set
 
-Starts ``envoy/echo_backend.py`` (127.0.0.1:18080) and Envoy with ``envoy/envoy.yaml`` (listener
-127.0.0.1:10000, admin 127.0.0.1:9901), prefixes their output with ``[backend]`` / ``[envoy]``,
-prints curl commands to try, and stops both on Ctrl-C or SIGTERM.
+Starts, on 127.0.0.1, each as a child process whose output is printed with a prefix:
 
-The only change made to envoy.yaml is the wasm filename (the built module instead of the
-docker-compose mount point), plus the ports when ``--port``, ``--admin-port`` or
-``--backend-port`` are given. The rendered config is written to ``.run/envoy.yaml`` (or to
-``--run-dir``).
-Standard library only.
+  [sts]       authgent-server, the RFC 8693 STS (port 18090); the demo registers the gateway as
+              its client (``mcp-gateway``, token-exchange grant)
+  [github]    MCP server accepting only GitHub tokens of known users (18001)
+  [corp]      MCP server accepting only STS-issued JWTs for https://corp-mcp.example (18002)
+  [internal]  MCP server accepting only the internal X-API-Key (18003)
+  [authz]     the demo authorization service Envoy's ext_authz asks (18080)
+  [envoy]     Envoy 1.40 with envoy/envoy.yaml: ext_authz, then outgoing-auth (10000, admin 9901)
+
+then prints the commands to try, and on Ctrl-C (or SIGTERM) stops them in the reverse order and
+exits once every one has exited. If one of them dies, the others are stopped and the exit status
+is 1.
+
+envoy/envoy.yaml runs as is, except for the wasm filename (the built module instead of the
+docker-compose mount point), ``${STS_CLIENT_ID}`` (the client_id authgent-server assigned to the
+gateway) and, with ``--port NAME=PORT``, the ports. The rendered config is written to
+``.run/envoy.yaml`` (or into ``--run-dir``), the STS's database and log to ``.run/sts/``.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import argparse
 import http.client
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,38 +38,84 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO, Callable
+
+import identities as ids
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+# The STS launcher is shared with the end-to-end tests.
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+import authgent  # noqa: E402
+import harness  # noqa: E402
+
 ENVOY_YAML = HERE / "envoy.yaml"
-ECHO_BACKEND = HERE / "echo_backend.py"
 RUN_DIR = REPO / ".run"
+LOOPBACK = "127.0.0.1"
 
-# What envoy.yaml says; render() checks each occurs exactly once before replacing it.
+# The ports envoy.yaml (and docker-compose.yaml) use; --port NAME=PORT moves any of them.
+PORTS = {
+    "gateway": 10000,
+    "admin": 9901,
+    "github": 18001,
+    "corp": 18002,
+    "internal": 18003,
+    "authz": 18080,
+    "sts": 18090,
+}
 WASM_IN_YAML = "filename: /etc/envoy/outgoing_auth.wasm"
-LISTENER_PORT, ADMIN_PORT, BACKEND_PORT = 10000, 9901, 18080
-DEMO_INTERNAL_KEY = "demo-internal-key"
-READY_TIMEOUT_S = 20.0
+CLIENT_ID_IN_YAML = "${STS_CLIENT_ID}"
+# Envoy's command line after "-c <config>" (docker-compose.yaml's envoy service uses the same).
+ENVOY_ARGS = [
+    "--disable-hot-restart", "--concurrency", "1", "--drain-time-s", "0",
+    "--file-flush-interval-msec", "100",  # the access log (stdout) without delay
+    "-l", "warning", "--component-log-level", "wasm:info",
+    "--log-format", "[%Y-%m-%d %T.%e][%l] %v",
+]
+STS_EXCHANGE_TTL_S = 300  # lifetime of the tokens the STS issues for the corp backend
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 5.0
 
 
-def say(msg: str) -> None:
-    print(f"[demo] {msg}", flush=True)
+_output = threading.Lock()
 
 
-def render(text: str, wasm: Path, listener: int, admin: int, backend: int) -> str:
-    """envoy.yaml with the wasm filename and the three ports replaced."""
-    replacements = {
-        WASM_IN_YAML: f"filename: {json.dumps(str(wasm))}",
-        f"port_value: {LISTENER_PORT}}}": f"port_value: {listener}}}",
-        f"port_value: {ADMIN_PORT}}}": f"port_value: {admin}}}",
-        f"port_value: {BACKEND_PORT}}}": f"port_value: {backend}}}",
-    }
-    for old, new in replacements.items():
-        count = text.count(old)
+def say(msg: str, name: str = "demo") -> None:
+    with _output:  # one whole line at a time, whichever thread writes it
+        sys.stdout.write(f"[{name}] {msg}\n")
+        sys.stdout.flush()
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+def render(text: str, wasm: Path, ports: dict[str, int], client_id: str) -> str:
+    """envoy.yaml with the wasm filename, the STS client_id and the ports filled in."""
+    for placeholder in (WASM_IN_YAML, CLIENT_ID_IN_YAML):
+        count = text.count(placeholder)
         if count != 1:
-            raise SystemExit(f"[demo] {ENVOY_YAML} must contain {old!r} exactly once, found {count}")
-        text = text.replace(old, new)
-    return text
+            raise SystemExit(f"[demo] {ENVOY_YAML} must contain {placeholder!r} exactly once, found {count}")
+    text = text.replace(WASM_IN_YAML, f"filename: {json.dumps(str(wasm))}")
+    text = text.replace(CLIENT_ID_IN_YAML, client_id)
+    # All ports in one pass, so that a new port equal to another's old one is not moved twice.
+    moved = {str(PORTS[name]): str(port) for name, port in ports.items()}
+    for old in moved:
+        if not re.search(rf"(?<!\d){old}(?!\d)", text):
+            raise SystemExit(f"[demo] {ENVOY_YAML} does not mention port {old}")
+    pattern = re.compile(r"(?<!\d)(" + "|".join(map(re.escape, moved)) + r")(?!\d)")
+    return pattern.sub(lambda m: moved[m.group(1)], text)
+
+
+def parse_ports(values: list[str]) -> dict[str, int]:
+    ports = dict(PORTS)
+    for value in values:
+        name, sep, port = value.partition("=")
+        if not sep or name not in PORTS or not port.isdigit():
+            raise SystemExit(f"[demo] --port wants NAME=PORT with NAME one of {', '.join(PORTS)}; got {value!r}")
+        ports[name] = int(port)
+    if len(set(ports.values())) != len(ports):
+        raise SystemExit(f"[demo] two components on one port: {ports}")
+    return ports
 
 
 def required_file(var: str) -> Path:
@@ -72,41 +129,52 @@ def required_file(var: str) -> Path:
     return path.resolve()
 
 
-def pump(name: str, proc: subprocess.Popen) -> threading.Thread:
-    """Copy a child's output to ours, each line prefixed with [name]."""
+# -- processes -------------------------------------------------------------------------------------
+
+
+def prefix_lines(name: str, lines: Callable[[], str | None]) -> threading.Thread:
+    """Prints each line ``lines()`` returns with ``[name] `` in front, until it returns None."""
 
     def run() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            print(f"[{name}] {line.rstrip()}", flush=True)
+        while (line := lines()) is not None:
+            say(line.rstrip(), name)
 
-    t = threading.Thread(target=run, name=f"pump-{name}", daemon=True)
-    t.start()
-    return t
+    thread = threading.Thread(target=run, name=f"log-{name}", daemon=True)
+    thread.start()
+    return thread
 
 
-def wait_until(check, what: str, procs: dict[str, subprocess.Popen], timeout: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for name, proc in procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {proc.returncode} while waiting for {what}")
-        if check():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+def pipe_lines(stream: IO[str]) -> Callable[[], str | None]:
+    return lambda: stream.readline() or None
+
+
+def follow_lines(path: Path, done: threading.Event) -> Callable[[], str | None]:
+    """The lines appended to ``path`` (tail -f), until ``done`` is set and all are read."""
+    f = open(path, errors="replace")  # noqa: SIM115 - closed when the last line was read
+
+    def next_line() -> str | None:
+        while True:
+            line = f.readline()
+            if line:
+                return line
+            if done.is_set():
+                f.close()
+                return None
+            time.sleep(0.1)
+
+    return next_line
 
 
 def port_open(port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((LOOPBACK, port), timeout=0.5):
             return True
     except OSError:
         return False
 
 
 def envoy_ready(admin: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=1)
+    conn = http.client.HTTPConnection(LOOPBACK, admin, timeout=1)
     try:
         conn.request("GET", "/ready")
         return conn.getresponse().status == 200
@@ -116,131 +184,231 @@ def envoy_ready(admin: int) -> bool:
         conn.close()
 
 
-def stop(procs: dict[str, subprocess.Popen]) -> None:
-    """SIGTERM each child in order and wait for it; SIGKILL one that does not stop in 5 s."""
-    for name, proc in procs.items():
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            say(f"{name} did not stop in 5s; killing it")
-            proc.kill()
-            proc.wait(timeout=5)
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM while the demo was starting."""
 
 
-def banner(listener: int, admin: int, internal_key_from_env: bool) -> str:
-    base = f"http://127.0.0.1:{listener}"
-    gw = "-H 'Authorization: Bearer gw-alice-token'"
-    key = "$INTERNAL_KEY" if internal_key_from_env else f"{DEMO_INTERNAL_KEY!r}"
+class Demo:
+    """The running components, stopped in the reverse order of their start."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.stopping = threading.Event()  # set by Ctrl-C / SIGTERM
+        self.children: dict[str, subprocess.Popen] = {}
+        self.sts: authgent.Authgent | None = None
+        self.sts_log_done = threading.Event()
+        self.log_threads: list[threading.Thread] = []
+
+    def start_sts(self, port: int) -> authgent.Client:
+        """Starts authgent-server and registers the gateway as its client; returns that client."""
+        sts_dir = self.run_dir / "sts"
+        shutil.rmtree(sts_dir, ignore_errors=True)  # a fresh database: its keys are tied to the secret
+        self.sts = authgent.Authgent(sts_dir, exchange_ttl_s=STS_EXCHANGE_TTL_S, port=port)
+        self.sts.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.sts.log_path.touch()
+        self.log_threads.append(prefix_lines("sts", follow_lines(self.sts.log_path, self.sts_log_done)))
+        self.sts.start()
+        assert self.sts.proc is not None
+        say(f"sts: authgent-server on http://{LOOPBACK}:{port} (pid {self.sts.proc.pid})")
+        gateway = self.sts.register(ids.GATEWAY_STS_CLIENT, [harness.TOKEN_EXCHANGE_GRANT], scope="read")
+        say(f"sts: registered the gateway as client {ids.GATEWAY_STS_CLIENT}: client_id {gateway.id}")
+        return gateway
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=HERE,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            # Its own session: a Ctrl-C in the terminal reaches only this script, which then
+            # stops the children in order.
+            start_new_session=True,
+        )
+        self.children[name] = proc
+        assert proc.stdout is not None
+        self.log_threads.append(prefix_lines(name, pipe_lines(proc.stdout)))
+        say(f"{name}: started (pid {proc.pid})")
+        return proc
+
+    def wait_until(self, check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.stopping.is_set():
+                raise Interrupted
+            self.check_alive()
+            if check():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"timed out after {READY_TIMEOUT_S:.0f}s waiting for {what}")
+
+    def wait(self) -> None:
+        """Until Ctrl-C or SIGTERM; RuntimeError when a component dies first."""
+        while not self.stopping.wait(0.5):
+            self.check_alive()
+
+    def check_alive(self) -> None:
+        dead = [(n, p.returncode) for n, p in self.children.items() if p.poll() is not None]
+        if self.sts is not None and self.sts.proc is not None and self.sts.proc.poll() is not None:
+            dead.append(("sts", self.sts.proc.returncode))
+        if dead:
+            raise RuntimeError(", ".join(f"{n} exited with code {rc}" for n, rc in dead))
+
+    def stop(self) -> None:
+        for name, proc in reversed(list(self.children.items())):
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                say(f"{name} did not stop within {STOP_TIMEOUT_S:.0f}s; killing it")
+                proc.kill()
+                proc.wait(timeout=STOP_TIMEOUT_S)
+        if self.sts is not None:
+            self.sts.stop()
+        self.sts_log_done.set()
+        for thread in self.log_threads:
+            thread.join(timeout=2)
+
+
+def component_argv(name: str, ports: dict[str, int]) -> list[str]:
+    """The command line of a Python component (after the interpreter), run in envoy/; the same
+    in docker-compose.yaml."""
+    if name == "authz":
+        return ["ext_authz.py", "--port", str(ports["authz"]), "--sts-port", str(ports["sts"])]
+    argv = ["mcp_servers.py", name, "--port", str(ports[name])]
+    if name == "corp":
+        argv += ["--sts-port", str(ports["sts"])]
+    return argv
+
+
+def python_command() -> str:
+    """How to run this interpreter from the current directory (.venv/bin/python under make run)."""
+    exe = Path(sys.executable)
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return str(exe)
+
+
+def banner(ports: dict[str, int]) -> str:
+    py = f"{python_command()} envoy/mcp_client.py"
+    gateway = f"http://{LOOPBACK}:{ports['gateway']}"
+    if ports["gateway"] != PORTS["gateway"]:
+        py += f" --gateway {gateway}"
+    admin = f"http://{LOOPBACK}:{ports['admin']}"
     return f"""
-outgoing-auth demo is up: gateway {base}, admin http://127.0.0.1:{admin}
-Every request below carries the client's gateway token; no backend ever sees it.
+outgoing-auth demo is up: MCP gateway {gateway}/<backend>/mcp, Envoy admin {admin}
+Backends: github (upstream_inject), corp (token_exchange via the STS), internal (header_injection).
 
-  # upstream_inject: the backend gets Authorization: Bearer gho_demo_github_token
-  curl -s {base}/github/repos {gw}
+Try it from another terminal, in {Path.cwd()}:
 
-  # upstream_inject without a token for the user: 401 invalid_token, backend not called
-  curl -si {base}/atlassian/issues {gw}
+  # alice: initialize, tools/list and tools/call whoami on every backend through Envoy;
+  # each backend reports the identity it saw, none of them sees the gateway token
+  {py} --token demo-alice
 
-  # header_injection: the backend gets X-API-Key: {key} and no Authorization
-  curl -s {base}/internal/status {gw}
+  # bob has no GitHub token: outgoing-auth answers 401 and never calls the github backend
+  {py} --token demo-bob github
 
-  # default strategy (unauthenticated): no credential at all
-  curl -s {base}/anything {gw}
+  # bob's corporate identity is exchanged at the STS like alice's
+  {py} --token demo-bob corp
 
-  # the filter's counters
-  curl -s 'http://127.0.0.1:{admin}/stats?filter=wasmcustom'
+  # an unknown gateway token: the authorization service (ext_authz) answers 401
+  {py} --token demo-mallory internal
+
+  # the filter's counters, and the STS calls Envoy made
+  curl -s '{admin}/stats?filter=outgoing_auth'
+  curl -s '{admin}/stats?filter=cluster.sts.upstream_rq_total'
 
 Ctrl-C stops everything.
 """
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description="outgoing-auth demo: Envoy + demo backend")
-    parser.add_argument("--port", type=int, default=LISTENER_PORT, help="gateway listener port")
-    parser.add_argument("--admin-port", type=int, default=ADMIN_PORT, help="Envoy admin port")
-    parser.add_argument("--backend-port", type=int, default=BACKEND_PORT, help="demo backend port")
-    parser.add_argument(
-        "--run-dir", type=Path, default=RUN_DIR, help=f"where the rendered config goes (default {RUN_DIR})"
-    )
-    args = parser.parse_args()
-
+def run_all(demo: Demo, ports: dict[str, int]) -> None:
+    """Starts every component, prints how to try them, and waits for Ctrl-C or a death."""
     envoy_bin = required_file("ENVOY_BIN")
     wasm = required_file("WASM_PATH")
-
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    config = args.run_dir / "envoy.yaml"
-    config.write_text(render(ENVOY_YAML.read_text(), wasm, args.port, args.admin_port, args.backend_port))
+    render(ENVOY_YAML.read_text(), wasm, ports, "check")  # a broken envoy.yaml fails before anything starts
 
     env = dict(os.environ)
-    internal_key_from_env = bool(env.get("INTERNAL_KEY"))
-    if not internal_key_from_env:
-        env["INTERNAL_KEY"] = DEMO_INTERNAL_KEY
+    if not env.get(ids.INTERNAL_API_KEY_ENV):
+        env[ids.INTERNAL_API_KEY_ENV] = ids.DEFAULT_INTERNAL_API_KEY
+    env.pop(ids.STS_CLIENT_SECRET_ENV, None)
 
-    stopping = threading.Event()
+    gateway = demo.start_sts(ports["sts"])
+    for name in (*ids.BACKENDS, "authz"):
+        demo.spawn(name, [sys.executable, "-u", *component_argv(name, ports)], env)
+    for name in (*ids.BACKENDS, "authz"):
+        demo.wait_until(lambda port=ports[name]: port_open(port), f"{name} on port {ports[name]}")
+
+    config = demo.run_dir / "envoy.yaml"
+    config.write_text(render(ENVOY_YAML.read_text(), wasm, ports, gateway.id))
+    say(f"envoy: {config} (wasm {wasm})")
+    envoy_env = dict(env, **{ids.STS_CLIENT_SECRET_ENV: gateway.secret})
+    demo.spawn("envoy", [str(envoy_bin), "-c", str(config), *ENVOY_ARGS], envoy_env)
+    demo.wait_until(lambda: envoy_ready(ports["admin"]), "Envoy /ready")
+
+    with _output:
+        print(banner(ports), flush=True)
+    say("ready")
+    demo.wait()
+
+
+def run_sts_only(demo: Demo, port: int, state_file: Path) -> None:
+    """docker-compose's sts service: the STS and the gateway's registration, written to
+    ``state_file`` as STS_CLIENT_ID=... and STS_CLIENT_SECRET=... lines for the envoy service."""
+    state_file.unlink(missing_ok=True)
+    gateway = demo.start_sts(port)
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state_file.with_suffix(".tmp")
+    tmp.write_text(f"STS_CLIENT_ID={gateway.id}\n{ids.STS_CLIENT_SECRET_ENV}={gateway.secret}\n")
+    tmp.chmod(0o600)
+    tmp.replace(state_file)  # whole or absent: the envoy service waits for it
+    say(f"sts: wrote the gateway's client_id and secret to {state_file}")
+    say("ready")
+    demo.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="outgoing-auth demo: Envoy, an STS, ext_authz, three MCP servers")
+    parser.add_argument(
+        "--port", action="append", default=[], metavar="NAME=PORT",
+        help=f"move a component ({', '.join(f'{k} {v}' for k, v in PORTS.items())})",
+    )
+    parser.add_argument("--run-dir", type=Path, default=RUN_DIR, help=f"where generated files go (default {RUN_DIR})")
+    parser.add_argument(
+        "--sts-only", type=Path, metavar="STATE_FILE",
+        help="run only the STS, and write the gateway's STS credentials to STATE_FILE (docker-compose)",
+    )
+    args = parser.parse_args()
+    ports = parse_ports(args.port)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+
+    demo = Demo(args.run_dir)
 
     def on_signal(signum: int, frame: object) -> None:
-        stopping.set()
+        demo.stopping.set()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    # Children get their own session, so a terminal Ctrl-C reaches only us and we stop them in
-    # order (Envoy first).
-    popen = dict(
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        start_new_session=True,
-    )
-    procs: dict[str, subprocess.Popen] = {}
-    pumps: list[threading.Thread] = []
     code = 0
     try:
-        say(f"starting demo backend on 127.0.0.1:{args.backend_port}")
-        procs["backend"] = subprocess.Popen(
-            [sys.executable, "-u", str(ECHO_BACKEND), "--host", "127.0.0.1", "--port", str(args.backend_port)],
-            env=env,
-            **popen,
-        )
-        pumps.append(pump("backend", procs["backend"]))
-        wait_until(lambda: port_open(args.backend_port), "the demo backend", procs)
-
-        say(f"starting Envoy with {config} (wasm: {wasm})")
-        procs["envoy"] = subprocess.Popen(
-            [
-                str(envoy_bin),
-                "-c", str(config),
-                "--disable-hot-restart",
-                "--concurrency", "1",
-                "-l", "warning",
-                "--component-log-level", "wasm:debug",
-                "--drain-time-s", "0",
-            ],
-            env=env,
-            **popen,
-        )
-        pumps.append(pump("envoy", procs["envoy"]))
-        wait_until(lambda: envoy_ready(args.admin_port), "Envoy /ready", procs)
-
-        print(banner(args.port, args.admin_port, internal_key_from_env), flush=True)
-        say("ready")
-        while not stopping.wait(0.5):
-            dead = [(n, p.returncode) for n, p in procs.items() if p.poll() is not None]
-            if dead:
-                raise RuntimeError(", ".join(f"{n} exited with code {rc}" for n, rc in dead))
+        if args.sts_only:
+            run_sts_only(demo, ports["sts"], args.sts_only)
+        else:
+            run_all(demo, ports)
         say("stopping")
-    except RuntimeError as e:
+    except Interrupted:
+        say("stopping")
+    except (RuntimeError, authgent.AuthgentError) as e:
         say(f"error: {e}")
         code = 1
     finally:
-        # Envoy first: it stops taking requests before its backend goes away.
-        stop(dict(sorted(procs.items(), key=lambda kv: kv[0] != "envoy")))
-        for t in pumps:
-            t.join(timeout=2)
+        demo.stop()
     say("stopped")
     return code
 

@@ -1,8 +1,14 @@
-"""The demo: envoy/envoy.yaml works with the real filter through envoy/demo.py, and
-envoy/docker-compose.yaml (which cannot run here) agrees with envoy.yaml on ports and paths."""
+"""The ``make run`` demo, driven as a user would: envoy/demo.py on free loopback ports, and the
+official MCP SDK client (envoy/mcp_client.py) talking to each backend MCP server through Envoy.
+
+One demo runs for the whole module (starting it costs a few seconds: authgent-server, three MCP
+servers, the authorization service, Envoy); the last test stops it with SIGINT, as Ctrl-C would,
+and checks that nothing it started is left.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -13,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -20,100 +27,26 @@ import harness as h
 
 REPO = Path(__file__).resolve().parents[2]
 ENVOY_DIR = REPO / "envoy"
-ENVOY_YAML = ENVOY_DIR / "envoy.yaml"
-COMPOSE = ENVOY_DIR / "docker-compose.yaml"
-BUILT_WASM = REPO / "target" / "wasm32-wasip1" / "release" / "outgoing_auth.wasm"  # Makefile's WASM
+sys.path.insert(0, str(ENVOY_DIR))
+import demo as demo_py  # noqa: E402
+import identities as ids  # noqa: E402
+import mcp_client  # noqa: E402
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
 
 
-def embedded_filter_config(yaml_text: str) -> dict:
-    """The filter's JSON config: the ``value: |`` block scalar in envoy.yaml."""
-    lines = yaml_text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip() == "value: |")
-    indent = len(lines[start]) - len(lines[start].lstrip())
-    block = []
-    for line in lines[start + 1:]:
-        if line.strip() and len(line) - len(line.lstrip()) <= indent:
-            break
-        block.append(line)
-    return json.loads("\n".join(block))
-
-
-def compose_service(text: str, name: str) -> str:
-    """The text of one service of docker-compose.yaml (its indented block)."""
-    m = re.search(rf"^  {re.escape(name)}:\n((?:    .*\n|\s*\n)+)", text, re.M)
-    assert m, f"service {name} not in {COMPOSE}"
-    return m.group(1)
-
-
-# -- static checks -------------------------------------------------------------------------------------
-
-
-def test_envoy_yaml_embeds_the_demo_filter_config():
-    cfg = embedded_filter_config(ENVOY_YAML.read_text())
-    assert cfg["outgoingAuth"]["default"] == {"type": "unauthenticated"}
-    assert cfg["outgoingAuth"]["backends"] == {
-        "github-mcp": {"type": "upstream_inject", "upstreamInject": {"providerName": "github"}},
-        "atlassian-mcp": {"type": "upstream_inject", "upstreamInject": {"providerName": "atlassian"}},
-        "internal": {
-            "type": "header_injection",
-            "headerInjection": {"headerName": "X-API-Key", "headerValueEnv": "INTERNAL_KEY"},
-        },
-    }
-    assert cfg["authServer"]["upstreams"] == ["github", "atlassian"]
-
-
-def test_docker_compose_agrees_with_envoy_yaml_on_ports_paths_and_env():
-    yaml_text = ENVOY_YAML.read_text()
-    compose = COMPOSE.read_text()
-    envoy_svc = compose_service(compose, "envoy")
-    backend_svc = compose_service(compose, "backend")
-
-    # Envoy 1.40, with envoy.yaml where its command line says
-    assert "image: envoyproxy/envoy:v1.40" in envoy_svc
-    assert "- ./envoy.yaml:/etc/envoy/envoy.yaml:ro" in envoy_svc
-    assert '"-c", "/etc/envoy/envoy.yaml"' in envoy_svc
-
-    # the wasm: envoy.yaml's filename is where compose mounts the module the Makefile builds
-    wasm_in_yaml = re.search(r"filename: (\S+)\}", yaml_text).group(1)
-    mount = re.search(r"- (\S+):(\S+outgoing_auth\.wasm):ro", envoy_svc)
-    assert mount, envoy_svc
-    assert mount.group(2) == wasm_in_yaml
-    assert (ENVOY_DIR / mount.group(1)).resolve() == BUILT_WASM
-
-    # the backend: envoy.yaml's demo_backend endpoint is where the compose backend listens
-    endpoint = re.search(
-        r"- endpoint:\s+address:\s+socket_address: \{address: ([\d.]+), port_value: (\d+)\}", yaml_text
-    )
-    assert endpoint, "demo_backend endpoint not found in envoy.yaml"
-    assert f'"--host", "{endpoint.group(1)}", "--port", "{endpoint.group(2)}"' in backend_svc
-    script = re.search(r"- \./(\S+):/app/(\S+):ro", backend_svc)
-    assert script and (ENVOY_DIR / script.group(1)).is_file() and f"/app/{script.group(2)}" in backend_svc
-
-    # loopback addresses in envoy.yaml only work if both containers share the host network
-    assert "network_mode: host" in envoy_svc and "network_mode: host" in backend_svc
-
-    # the secret for header_injection: set in compose, exposed to the VM by envoy.yaml
-    assert re.search(r"^\s+INTERNAL_KEY: \S+", envoy_svc, re.M)
-    assert "host_env_keys: [INTERNAL_KEY]" in yaml_text
-
-
-# -- the demo itself -----------------------------------------------------------------------------------
-
-
-class Demo:
+class DemoProcess:
     """envoy/demo.py as a child process, its output collected line by line."""
 
-    def __init__(self, envoy_bin: Path, wasm: Path, ports: dict[str, int], run_dir: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "INTERNAL_KEY"}
+    def __init__(self, envoy_bin: Path, wasm: Path, run_dir: Path) -> None:
+        self.ports = dict(zip(demo_py.PORTS, h.free_ports(len(demo_py.PORTS))))
+        env = {k: v for k, v in os.environ.items() if k not in (ids.INTERNAL_API_KEY_ENV, ids.STS_CLIENT_SECRET_ENV)}
         env.update(ENVOY_BIN=str(envoy_bin), WASM_PATH=str(wasm))
+        argv = [sys.executable, "-u", str(ENVOY_DIR / "demo.py"), "--run-dir", str(run_dir)]
+        argv += [f"--port={name}={port}" for name, port in self.ports.items()]
         self.proc = subprocess.Popen(
-            [
-                sys.executable, "-u", str(ENVOY_DIR / "demo.py"),
-                "--port", str(ports["listener"]),
-                "--admin-port", str(ports["admin"]),
-                "--backend-port", str(ports["backend"]),
-                "--run-dir", str(run_dir),  # not the shared .run/: a `make run` may be going on
-            ],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -121,39 +54,89 @@ class Demo:
             env=env,
             cwd=REPO,
         )
+        h.track_process(self.proc)
         self.lines: list[str] = []
+        self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
 
     def output(self) -> str:
-        return "\n".join(self.lines)
+        with self._lock:
+            return "\n".join(self.lines)
 
-    def wait_for_line(self, text: str, timeout: float = 25.0) -> None:
+    def lines_of(self, name: str) -> list[str]:
+        with self._lock:
+            return [line for line in self.lines if line.startswith(f"[{name}] ")]
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.lines:
-                return
+            m = re.search(pattern, self.output(), re.M)
+            if m:
+                return m
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        raise AssertionError(f"demo did not print {text!r}:\n{self.output()}")
+        raise AssertionError(f"the demo did not print /{pattern}/:\n{self.output()}")
+
+    def pids(self) -> dict[str, int]:
+        """Every process the demo said it started."""
+        found = re.findall(r"^\[demo\] (\w+): (?:started|authgent-server on \S+) \(pid (\d+)\)", self.output(), re.M)
+        return {name: int(pid) for name, pid in found}
 
     def stop(self) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGINT)
         try:
-            return self.proc.wait(timeout=15)
+            return self.proc.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"demo did not stop within 15 s of SIGTERM:\n{self.output()}") from None
+            raise AssertionError(f"the demo did not stop within {STOP_TIMEOUT_S:.0f}s of SIGINT") from None
         finally:
             self._reader.join(timeout=5)
+            h.untrack_process(self.proc)
+
+
+@pytest.fixture(scope="module")
+def demo(envoy_bin, wasm_path, tmp_path_factory) -> Iterator[DemoProcess]:
+    d = DemoProcess(envoy_bin, wasm_path, tmp_path_factory.mktemp("demo"))
+    try:
+        d.wait_for(r"^\[demo\] ready$", START_TIMEOUT_S)
+        yield d
+    finally:
+        if d.proc.poll() is None:
+            d.stop()
+        for pid in d.pids().values():  # a failed test must not leave them behind either
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def registered(demo) -> dict[str, str]:
+    """client_id of each STS client the demo registered: mcp-gateway, corp-alice, corp-bob."""
+    found = re.findall(r"registered (?:the gateway as |STS )?client ([\w-]+): client_id (\S+)", demo.output())
+    return dict(found)
+
+
+def visit(demo: DemoProcess, backend: str, token: str | None) -> mcp_client.Visit:
+    gateway = f"http://{h.LOOPBACK}:{demo.ports['gateway']}"
+    return asyncio.run(asyncio.wait_for(mcp_client.visit(gateway, backend, token), 20))
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
 
 
 def port_is_free(port: int) -> bool:
@@ -166,53 +149,140 @@ def port_is_free(port: int) -> bool:
             return False
 
 
-@pytest.fixture
-def demo(envoy_bin, wasm_path, tmp_path):
-    ports = dict(zip(("listener", "admin", "backend"), h.free_ports(3)))
-    d = Demo(envoy_bin, wasm_path, ports, tmp_path)
-    d.ports = ports
-    try:
-        yield d
-    finally:
-        if d.proc.poll() is None:
-            d.stop()
+def assert_initialized(v: mcp_client.Visit, server: str) -> None:
+    assert v.ok, f"{v.backend}: {v.refusal or v.error}"
+    assert v.server == f"{server} 1.0"
+    assert v.protocol_version  # the initialize handshake happened
+    assert v.tools == ["whoami"]
 
 
-def test_demo_injects_rejects_and_stops_cleanly_on_sigterm(demo):
-    demo.wait_for_line("[demo] ready")
-    port, gw = demo.ports["listener"], [("authorization", "Bearer gw-alice-token")]
+# -- the running demo ----------------------------------------------------------------------------------
+
+
+def test_demo_prints_how_to_try_it(demo):
     out = demo.output()
-    assert "curl -s http://127.0.0.1:" in out and "/stats?filter=wasmcustom" in out
+    gateway = f"--gateway http://127.0.0.1:{demo.ports['gateway']}"
+    assert f"envoy/mcp_client.py {gateway} --token demo-alice" in out
+    assert f"envoy/mcp_client.py {gateway} --token demo-bob github" in out
+    assert f"curl -s 'http://127.0.0.1:{demo.ports['admin']}/stats?filter=outgoing_auth'" in out
+    assert "Ctrl-C stops everything." in out
 
-    github = h.request(port, "/github/repos", gw)
-    assert github.status == 200, github.describe()
-    assert "authorization: Bearer gho_demo_github_token" in github.json()["headers"]
-    assert "gw-alice-token" not in github.body.decode()
 
-    internal = h.request(port, "/internal/status", gw)
-    assert internal.status == 200, internal.describe()
-    sent = internal.json()["headers"]
-    assert "x-api-key: demo-internal-key" in sent
-    assert [x for x in sent if x.startswith("authorization:")] == []
+def test_alice_reaches_github_with_her_github_token(demo):
+    v = visit(demo, "github", "demo-alice")
 
-    other = h.request(port, "/anything", gw)
-    assert [x for x in other.json()["headers"] if x.startswith("authorization:")] == []
+    assert_initialized(v, "github-mcp")
+    assert v.identity is not None
+    assert v.identity["server"] == "github"
+    assert v.identity["details"]["login"] == "alice"
+    assert v.identity["credential_headers"] == {"authorization": "Bearer gho_demo... (14 chars)"}
 
-    atlassian = h.request(port, "/atlassian/issues", gw)
-    assert atlassian.status == 401, atlassian.describe()
-    assert atlassian.json() == {
+
+def test_alice_reaches_corp_with_a_token_the_sts_issued_for_it_from_her_corporate_token(demo, registered):
+    v = visit(demo, "corp", "demo-alice")
+
+    assert_initialized(v, "corp-mcp")
+    assert v.identity is not None
+    details = v.identity["details"]
+    # the server checked the signature against the STS's JWKS, iss and aud; this is what it saw:
+    assert details["iss"] == f"http://127.0.0.1:{demo.ports['sts']}"
+    assert details["aud"] == ids.CORP_AUDIENCE
+    assert details["sub"] == f"client:{registered['corp-alice']}"  # alice's corporate identity
+    assert details["act"] == {"sub": f"client:{registered['mcp-gateway']}"}  # exchanged by the gateway
+    assert details["scope"] == "read"
+
+
+def test_alice_reaches_internal_with_the_api_key_and_no_authorization(demo):
+    v = visit(demo, "internal", "demo-alice")
+
+    assert_initialized(v, "internal-mcp")
+    assert v.identity is not None
+    assert v.identity["identity"] == "holder of the internal API key"
+    assert v.identity["credential_headers"] == {"x-api-key": "demo-int... (17 chars)"}
+
+
+def test_bob_is_exchanged_as_himself_at_corp(demo, registered):
+    v = visit(demo, "corp", "demo-bob")
+
+    assert_initialized(v, "corp-mcp")
+    assert v.identity is not None
+    assert v.identity["details"]["sub"] == f"client:{registered['corp-bob']}"
+
+
+def test_bob_without_a_github_token_gets_401_and_github_is_never_called(demo):
+    github_requests = len([line for line in demo.lines_of("github") if '"POST /mcp' in line])
+
+    v = visit(demo, "github", "demo-bob")
+
+    assert not v.ok and v.server is None  # refused at initialize
+    assert v.refusal is not None
+    assert v.refusal.status == 401
+    assert v.refusal.www_authenticate == (
+        'Bearer error="invalid_token", error_description="upstream token for provider github not found"'
+    )
+    assert json.loads(v.refusal.body) == {
         "error": "invalid_token",
-        "error_description": "upstream token for provider atlassian not found",
+        "error_description": "upstream token for provider github not found",
     }
+    # the filter's warning names what the metadata does hold
+    demo.wait_for(
+        r'^\[envoy\] .*backend "github-mcp" \(upstream_inject\): provider "github": upstream token not found '
+        r'\(no entry in dynamic metadata\); metadata envoy.filters.http.ext_authz holds providers \["corporate-idp"\]$',
+        5,
+    )
+    demo.wait_for(r"^\[envoy\] POST /github/mcp -> github-mcp 401", 5)
+    assert len([line for line in demo.lines_of("github") if '"POST /mcp' in line]) == github_requests
 
-    # both children's output arrives prefixed; the backend logged the requests it got
-    lines = list(demo.lines)
-    assert any(line.startswith("[envoy] ") for line in lines), demo.output()
-    assert any(line.startswith("[backend] GET /github/repos") for line in lines), demo.output()
-    assert not any(line.startswith("[backend] GET /atlassian/") for line in lines), demo.output()
+
+@pytest.mark.parametrize("token", ["demo-mallory", None], ids=["unknown", "missing"])
+def test_a_bad_gateway_token_is_refused_by_the_authorization_service(demo, token):
+    v = visit(demo, "internal", token)
+
+    assert v.refusal is not None and v.refusal.status == 401
+    assert json.loads(v.refusal.body)["error_description"] == "gateway token missing or unknown"
+
+
+def test_no_backend_ever_saw_a_gateway_token(demo):
+    for backend in ids.BACKENDS:
+        assert visit(demo, backend, "demo-alice").ok
+    backend_logs = "\n".join(line for name in ids.BACKENDS for line in demo.lines_of(name))
+    assert backend_logs, "the backends logged nothing"
+    for gateway_token in ids.GATEWAY_TOKENS:
+        assert gateway_token not in backend_logs
+
+
+def test_counters_show_each_strategy_at_work(demo):
+    for backend, token in [*((b, "demo-alice") for b in ids.BACKENDS), ("corp", "demo-bob"), ("github", "demo-bob")]:
+        visit(demo, backend, token)
+    admin = demo.ports["admin"]
+    resp = h.request(admin, "/stats?filter=outgoing_auth|cluster.sts.upstream_rq_total")
+    stats = dict(line.split(": ") for line in resp.body.decode().splitlines())
+    prefix = "wasmcustom.outgoing_auth."
+    assert int(stats[prefix + "upstream_inject.injected"]) > 0
+    assert int(stats[prefix + "upstream_inject.token_missing"]) >= 1
+    assert int(stats[prefix + "header_injection.injected"]) > 0
+    # one exchange per user (alice, bob), every later request of theirs from the cache (an MCP
+    # session is several requests)
+    assert int(stats[prefix + "token_exchange.ok"]) == 2
+    assert int(stats["cluster.sts.upstream_rq_total"]) == 2
+    assert int(stats[prefix + "token_exchange.cache_hit"]) > 0
+
+
+def test_every_component_logs_under_its_own_prefix(demo):
+    for name in ("sts", "github", "corp", "internal", "authz", "envoy"):
+        assert demo.lines_of(name), f"nothing from [{name}]:\n{demo.output()}"
+
+
+# -- stopping: keep this last ----------------------------------------------------------------------------
+
+
+def test_ctrl_c_stops_everything_and_leaves_no_process_or_port_behind(demo):
+    pids = demo.pids()
+    assert set(pids) == {"sts", "github", "corp", "internal", "authz", "envoy"}, demo.output()
 
     assert demo.stop() == 0, demo.output()
+
     assert demo.lines[-1] == "[demo] stopped", demo.output()
-    # the children are gone with it: every port is free again
+    assert {name: pid for name, pid in pids.items() if alive(pid)} == {}
     busy = {name: p for name, p in demo.ports.items() if not port_is_free(p)}
-    assert not busy, f"ports still in use after the demo stopped: {busy}\n{demo.output()}"
+    assert busy == {}, f"ports still in use after the demo stopped: {busy}"
