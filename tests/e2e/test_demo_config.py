@@ -1,0 +1,177 @@
+"""The demo's files agree with each other: envoy/envoy.yaml with the demo's names, ports and
+environment (envoy/identities.py, envoy/demo.py, envoy/ext_authz.py), and
+envoy/docker-compose.yaml (which cannot run here) with the commands, ports, mounts and Envoy
+arguments of ``make run``."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ENVOY_DIR = REPO / "envoy"
+sys.path.insert(0, str(ENVOY_DIR))
+import demo as demo_py  # noqa: E402
+import ext_authz  # noqa: E402
+import identities as ids  # noqa: E402
+
+BUILT_WASM = REPO / "target" / "wasm32-wasip1" / "release" / "outgoing_auth.wasm"  # Makefile's WASM
+
+
+@pytest.fixture(scope="module")
+def envoy_yaml() -> dict:
+    return yaml.safe_load(demo_py.ENVOY_YAML.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ENVOY_DIR / "docker-compose.yaml").read_text())
+
+
+def http_filters(config: dict) -> dict[str, dict]:
+    (listener,) = config["static_resources"]["listeners"]
+    (chain,) = listener["filter_chains"]
+    (hcm,) = chain["filters"]
+    return {f["name"]: f["typed_config"] for f in hcm["typed_config"]["http_filters"]}
+
+
+def filter_config(config: dict) -> dict:
+    wasm = http_filters(config)["envoy.filters.http.wasm"]["config"]
+    return json.loads(wasm["configuration"]["value"])
+
+
+def cluster_ports(config: dict) -> dict[str, int]:
+    out = {}
+    for c in config["static_resources"]["clusters"]:
+        (endpoint,) = c["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        addr = endpoint["endpoint"]["address"]["socket_address"]
+        assert addr["address"] == "127.0.0.1", c["name"]
+        out[c["name"]] = addr["port_value"]
+    return out
+
+
+# -- envoy.yaml ----------------------------------------------------------------------------------------
+
+
+def test_envoy_yaml_routes_each_backend_to_its_cluster_on_its_port(envoy_yaml):
+    (listener,) = envoy_yaml["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": demo_py.PORTS["gateway"]}
+    assert envoy_yaml["admin"]["address"]["socket_address"]["port_value"] == demo_py.PORTS["admin"]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    (vhost,) = hcm["route_config"]["virtual_hosts"]
+    routes = {r["match"]["prefix"]: r["route"]["cluster"] for r in vhost["routes"]}
+    assert routes == {f"/{b}/": f"{b}-mcp" for b in ids.BACKENDS}
+    ports = cluster_ports(envoy_yaml)
+    assert {f"{b}-mcp": ports[f"{b}-mcp"] for b in ids.BACKENDS} == {f"{b}-mcp": demo_py.PORTS[b] for b in ids.BACKENDS}
+    assert ports["ext_authz"] == demo_py.PORTS["authz"]
+    assert ports["sts"] == demo_py.PORTS["sts"]
+
+
+def test_envoy_yaml_ext_authz_passes_the_authorization_services_headers_to_the_filter(envoy_yaml):
+    filters = http_filters(envoy_yaml)
+    assert list(filters) == ["envoy.filters.http.ext_authz", "envoy.filters.http.wasm", "envoy.filters.http.router"]
+    service = filters["envoy.filters.http.ext_authz"]["http_service"]
+    assert urlsplit(service["server_uri"]["uri"]).port == demo_py.PORTS["authz"]
+    assert service["server_uri"]["cluster"] == "ext_authz"
+    patterns = service["authorization_response"]["dynamic_metadata_from_headers"]["patterns"]
+    assert patterns == [{"prefix": ext_authz.HEADER_PREFIX}]
+    tokens = filter_config(envoy_yaml)["authServer"]["tokens"]
+    assert tokens == {"metadataNamespace": "envoy.filters.http.ext_authz", "keyPrefix": ext_authz.HEADER_PREFIX}
+
+
+def test_envoy_yaml_gives_each_backend_its_strategy(envoy_yaml):
+    cfg = filter_config(envoy_yaml)
+    assert cfg["authServer"]["upstreams"] == [ids.GITHUB, ids.CORPORATE_IDP]
+    backends = cfg["outgoingAuth"]["backends"]
+    assert backends["github-mcp"] == {"type": "upstream_inject", "upstreamInject": {"providerName": ids.GITHUB}}
+    assert backends["internal-mcp"] == {
+        "type": "header_injection",
+        "headerInjection": {"headerName": "X-API-Key", "headerValueEnv": ids.INTERNAL_API_KEY_ENV},
+    }
+    exchange = backends["corp-mcp"]["tokenExchange"]
+    assert backends["corp-mcp"]["type"] == "token_exchange"
+    assert exchange == {
+        "tokenUrl": f"http://127.0.0.1:{demo_py.PORTS['sts']}/token",
+        "cluster": "sts",
+        "clientId": demo_py.CLIENT_ID_IN_YAML,
+        "clientSecretEnv": ids.STS_CLIENT_SECRET_ENV,
+        "audience": ids.CORP_AUDIENCE,
+        "scopes": ["read"],
+        "subjectProviderName": ids.CORPORATE_IDP,
+    }
+    assert set(backends) == {f"{b}-mcp" for b in ids.BACKENDS}
+    vm = http_filters(envoy_yaml)["envoy.filters.http.wasm"]["config"]["vm_config"]
+    assert vm["environment_variables"]["host_env_keys"] == [ids.INTERNAL_API_KEY_ENV, ids.STS_CLIENT_SECRET_ENV]
+
+
+def test_render_fills_in_the_wasm_the_client_id_and_moved_ports(envoy_yaml):
+    ports = dict(zip(demo_py.PORTS, range(41001, 41001 + len(demo_py.PORTS))))
+    text = demo_py.render(demo_py.ENVOY_YAML.read_text(), Path("/x/oa.wasm"), ports, "agnt_test-id")
+
+    got = yaml.safe_load(text)
+    vm = http_filters(got)["envoy.filters.http.wasm"]["config"]["vm_config"]
+    assert vm["code"]["local"]["filename"] == "/x/oa.wasm"
+    exchange = filter_config(got)["outgoingAuth"]["backends"]["corp-mcp"]["tokenExchange"]
+    assert exchange["clientId"] == "agnt_test-id"
+    assert exchange["tokenUrl"] == f"http://127.0.0.1:{ports['sts']}/token"
+    assert cluster_ports(got) == {
+        "ext_authz": ports["authz"], "sts": ports["sts"], **{f"{b}-mcp": ports[b] for b in ids.BACKENDS}
+    }
+    assert got["admin"]["address"]["socket_address"]["port_value"] == ports["admin"]
+    for old in demo_py.PORTS.values():
+        assert str(old) not in text
+
+
+# -- docker-compose.yaml -------------------------------------------------------------------------------
+
+
+def test_compose_runs_every_python_component_as_make_run_does(compose):
+    services = compose["services"]
+    assert set(services) == {"sts", "envoy", "authz", *ids.BACKENDS}
+    for name in (*ids.BACKENDS, "authz"):
+        assert services[name]["command"] == ["python", *demo_py.component_argv(name, demo_py.PORTS)], name
+    sts = services["sts"]["command"]
+    assert sts[:2] == ["python", "demo.py"] and "--sts-only" in sts and "--port" not in sts  # default port
+    for name in ("sts", "authz", *ids.BACKENDS):
+        svc = services[name]
+        assert svc["network_mode"] == "host", name
+        assert svc["working_dir"] == "/src/envoy" and "..:/src:ro" in svc["volumes"], name
+        assert svc["environment"][ids.INTERNAL_API_KEY_ENV] == ids.DEFAULT_INTERNAL_API_KEY
+    assert "COPY tests/requirements.txt" in services["github"]["build"]["dockerfile_inline"]
+    assert (REPO / "tests" / "requirements.txt").is_file()
+
+
+def test_compose_envoy_runs_envoy_yaml_with_the_demo_envoy_arguments(compose, envoy_yaml):
+    envoy = compose["services"]["envoy"]
+    assert envoy["image"].startswith("envoyproxy/envoy:v1.40")
+    assert envoy["network_mode"] == "host"
+    assert envoy["environment"][ids.INTERNAL_API_KEY_ENV] == ids.DEFAULT_INTERNAL_API_KEY
+
+    # the wasm: envoy.yaml's filename is where compose mounts the module the Makefile builds
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in envoy["volumes"]}
+    filename = http_filters(envoy_yaml)["envoy.filters.http.wasm"]["config"]["vm_config"]["code"]["local"]["filename"]
+    assert (ENVOY_DIR / mounts[filename]).resolve() == BUILT_WASM
+    assert (ENVOY_DIR / mounts["/etc/envoy/envoy.yaml"]).resolve() == demo_py.ENVOY_YAML
+    assert mounts["/state"] == "state"
+
+    (script,) = envoy["command"]
+    script = script.replace("$$", "$")  # compose's escape
+    assert ". /state/gateway.env && export STS_CLIENT_SECRET" in script
+    assert f'sed "s/\\{demo_py.CLIENT_ID_IN_YAML}/$STS_CLIENT_ID/" /etc/envoy/envoy.yaml > /tmp/envoy.yaml' in script
+    exec_line = shlex.split(script.split("exec ", 1)[1])
+    assert exec_line == ["envoy", "-c", "/tmp/envoy.yaml", *demo_py.ENVOY_ARGS]
+
+
+def test_compose_envoy_starts_after_the_sts_wrote_the_gateway_registration(compose):
+    services = compose["services"]
+    assert services["envoy"]["depends_on"]["sts"] == {"condition": "service_healthy"}
+    assert services["authz"]["depends_on"]["sts"] == {"condition": "service_healthy"}
+    state_file = services["sts"]["command"][services["sts"]["command"].index("--sts-only") + 1]
+    assert services["sts"]["healthcheck"]["test"] == ["CMD", "test", "-s", state_file]
+    assert state_file == "/state/gateway.env" and "state:/state" in services["sts"]["volumes"]
