@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import yaml
 
 import harness as h
 
@@ -40,6 +41,7 @@ class DemoProcess:
     """envoy/demo.py as a child process, its output collected line by line."""
 
     def __init__(self, envoy_bin: Path, wasm: Path, run_dir: Path) -> None:
+        self.run_dir = run_dir
         self.ports = dict(zip(demo_py.PORTS, h.free_ports(len(demo_py.PORTS))))
         env = {k: v for k, v in os.environ.items() if k not in (ids.INTERNAL_API_KEY_ENV, ids.STS_CLIENT_SECRET_ENV)}
         env.update(ENVOY_BIN=str(envoy_bin), WASM_PATH=str(wasm))
@@ -126,7 +128,11 @@ def registered(demo) -> dict[str, str]:
 
 
 def visit(demo: DemoProcess, backend: str, token: str | None) -> mcp_client.Visit:
-    gateway = f"http://{h.LOOPBACK}:{demo.ports['gateway']}"
+    return visit_port(demo.ports["gateway"], backend, token)
+
+
+def visit_port(port: int, backend: str, token: str | None) -> mcp_client.Visit:
+    gateway = f"http://{h.LOOPBACK}:{port}"
     return asyncio.run(asyncio.wait_for(mcp_client.visit(gateway, backend, token), 20))
 
 
@@ -271,6 +277,101 @@ def test_counters_show_each_strategy_at_work(demo):
 def test_every_component_logs_under_its_own_prefix(demo):
     for name in ("sts", "github", "corp", "internal", "authz", "envoy"):
         assert demo.lines_of(name), f"nothing from [{name}]:\n{demo.output()}"
+
+
+# -- troubleshooting: the misconfigurations the README lists, and the log line each produces -----------
+#
+# Each case runs a second Envoy on the demo's own config (.run/envoy.yaml as demo.py rendered it,
+# listener and admin on port 0) with one mistake in it, next to the running demo's components.
+
+TROUBLE_ENV = {ids.INTERNAL_API_KEY_ENV: ids.DEFAULT_INTERNAL_API_KEY, ids.STS_CLIENT_SECRET_ENV: "unused-here"}
+
+
+def with_mistake(demo: DemoProcess, old: str, new: str) -> dict:
+    text = (demo.run_dir / "envoy.yaml").read_text()
+    assert text.count(old) == 1, f"{old!r} is not exactly once in the demo's envoy.yaml"
+    config = yaml.safe_load(text.replace(old, new))
+    config["admin"]["address"]["socket_address"]["port_value"] = 0
+    for listener in config["static_resources"]["listeners"]:
+        listener["address"]["socket_address"]["port_value"] = 0
+    return config
+
+
+CONFIG_MISTAKES = {
+    "provider-name-typo": (
+        '"providerName": "github"',
+        '"providerName": "githb"',
+        '[V-02] outgoingAuth.backends["github-mcp"].upstreamInject.providerName: outgoingAuth backend '
+        '"github-mcp" references upstream provider "githb" which is not configured in authServer.upstreams; '
+        "add it there or use one of: github, corporate-idp",
+    ),
+    "env-var-not-exposed-to-the-vm": (
+        "host_env_keys: [INTERNAL_API_KEY, STS_CLIENT_SECRET]",
+        "host_env_keys: [STS_CLIENT_SECRET]",
+        '[S-11] outgoingAuth.backends["internal-mcp"].headerInjection.headerValueEnv: environment variable '
+        "INTERNAL_API_KEY not set or empty in the VM; set it in Envoy's environment and list it in "
+        "vm_config.environment_variables.host_env_keys",
+    ),
+}
+
+
+def test_troubleshooting_config_mistakes_make_envoy_refuse_with_the_documented_line(demo, envoy_bin, tmp_path):
+    envoys = {
+        name: h.Envoy(name, with_mistake(demo, old, new), tmp_path, envoy_bin, env=TROUBLE_ENV, concurrency=1)
+        for name, (old, new, _) in CONFIG_MISTAKES.items()
+    }
+    outcomes = h.await_refusals(envoys)
+
+    for name, (_, _, line) in CONFIG_MISTAKES.items():
+        outcome = outcomes[name]
+        assert outcome.returncode not in (None, 0), f"{name}: {outcome.error}"
+        assert f"outgoing-auth: {line}\n" in outcome.log, f"{name}:\n{outcome.log[-3000:]}"
+        assert "outgoing-auth: configuration rejected: 1 problem(s)" in outcome.log
+
+
+RUNTIME_MISTAKES = {
+    "key-prefix-typo": (
+        '"keyPrefix": "x-upstream-token-"',
+        '"keyPrefix": "x-upstream-tokens-"',
+        "github",
+        401,
+        'backend "github-mcp" (upstream_inject): provider "github": upstream token not found '
+        "(no entry in dynamic metadata); metadata envoy.filters.http.ext_authz holds providers []",
+    ),
+    "namespace-typo": (
+        '"metadataNamespace": "envoy.filters.http.ext_authz"',
+        '"metadataNamespace": "ext_authz"',
+        "github",
+        401,
+        'backend "github-mcp" (upstream_inject): provider "github": upstream token not found '
+        "(no entry in dynamic metadata); metadata ext_authz holds nothing readable",
+    ),
+    "sts-unreachable": (
+        "STS_PORT_VALUE",
+        "CLOSED_PORT_VALUE",
+        "corp",
+        503,
+        'token exchange via cluster "sts" failed: the STS is unavailable: status 503',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", RUNTIME_MISTAKES)
+def test_troubleshooting_runtime_mistakes_answer_the_client_and_log_the_documented_line(
+    demo, envoy_bin, tmp_path, case
+):
+    old, new, backend, status, line = RUNTIME_MISTAKES[case]
+    old = old.replace("STS_PORT_VALUE", f"port_value: {demo.ports['sts']}}}")
+    new = new.replace("CLOSED_PORT_VALUE", f"port_value: {h.free_ports(1)[0]}}}")
+    config = with_mistake(demo, old, new)
+    with h.Envoy(case, config, tmp_path, envoy_bin, env=TROUBLE_ENV, concurrency=1) as envoy:
+        v = visit_port(envoy.port("mcp_gateway"), backend, "demo-alice")
+
+        assert v.refusal is not None and v.refusal.status == status, v
+        deadline = time.monotonic() + 5
+        while f"outgoing-auth: {line}\n" not in envoy.log_text():
+            assert time.monotonic() < deadline, envoy.log_tail()
+            time.sleep(0.05)
 
 
 # -- stopping: keep this last ----------------------------------------------------------------------------
