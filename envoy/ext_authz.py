@@ -69,7 +69,8 @@ class CorporateTokens:
                 token = self.sts.client_credentials(client, scope="read")
                 exp = int(authgent.jwt_parts(token)[1]["exp"])
                 self.tokens[user] = (token, exp)
-                say(f"minted {user}'s corporate-idp token at the STS (sub client:{client.id}, expires in {exp - int(time.time())}s)")
+                lifetime = exp - int(time.time())
+                say(f"minted {user}'s corporate-idp token at the STS (sub client:{client.id}, expires in {lifetime}s)")
             return token
 
 

@@ -63,7 +63,12 @@ class Visit:
 
 async def visit(gateway: str, backend: str, token: str | None) -> Visit:
     """initialize, tools/list and tools/call whoami on one backend through the gateway."""
-    url = f"{gateway.rstrip('/')}/{backend}/mcp"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return await visit_url(f"{gateway.rstrip('/')}/{backend}/mcp", backend, headers)
+
+
+async def visit_url(url: str, backend: str, headers: dict[str, str]) -> Visit:
+    """The same at any MCP endpoint, with these request headers."""
     result = Visit(backend, url)
     refusals: list[HttpRefusal] = []
 
@@ -74,7 +79,6 @@ async def visit(gateway: str, backend: str, token: str | None) -> Visit:
                 HttpRefusal(response.status_code, response.headers.get("www-authenticate"), response.text)
             )
 
-    headers = {"Authorization": f"Bearer {token}"} if token else None
     http = create_mcp_http_client(headers=headers)
     http.event_hooks["response"].append(note_refusal)
     try:

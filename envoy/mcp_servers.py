@@ -107,11 +107,11 @@ class StsTokens:
 
     async def verify_token(self, token: str) -> AccessToken | None:
         try:
-            try:
-                claims = authgent.verify_es256(token, await self._keys())
-            except authgent.JwtError:
-                # Perhaps a key the STS made since we fetched its JWKS.
-                claims = authgent.verify_es256(token, await self._keys(refresh=True))
+            header, _ = authgent.jwt_parts(token)
+            keys = await self._keys()
+            if header.get("kid") not in {k.get("kid") for k in keys.get("keys", [])}:
+                keys = await self._keys(refresh=True)  # a key the STS made since we fetched its JWKS
+            claims = authgent.verify_es256(token, keys)
         except (authgent.JwtError, InvalidSignature, authgent.AuthgentError, OSError) as e:
             log.warning("refused a bearer token: %s", type(e).__name__ if isinstance(e, InvalidSignature) else e)
             return None

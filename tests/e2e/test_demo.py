@@ -24,6 +24,7 @@ from typing import Iterator
 import pytest
 import yaml
 
+import authgent
 import harness as h
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,6 +130,11 @@ def registered(demo) -> dict[str, str]:
 
 def visit(demo: DemoProcess, backend: str, token: str | None) -> mcp_client.Visit:
     return visit_port(demo.ports["gateway"], backend, token)
+
+
+def direct(demo: DemoProcess, backend: str, headers: dict[str, str]) -> mcp_client.Visit:
+    url = f"http://{h.LOOPBACK}:{demo.ports[backend]}/mcp"
+    return asyncio.run(asyncio.wait_for(mcp_client.visit_url(url, backend, headers), 20))
 
 
 def visit_port(port: int, backend: str, token: str | None) -> mcp_client.Visit:
@@ -240,6 +246,29 @@ def test_bob_without_a_github_token_gets_401_and_github_is_never_called(demo):
     assert len([line for line in demo.lines_of("github") if '"POST /mcp' in line]) == github_requests
 
 
+def test_each_backend_refuses_anything_but_its_own_credential(demo):
+    """Straight to the servers, past Envoy: what the filter must turn the client's request into."""
+    sts = authgent.AuthgentApi(demo.ports["sts"])
+    stranger = sts.client_credentials(sts.register("test-stranger", [authgent.CLIENT_CREDENTIALS]), scope="read")
+    github_token = ids.GITHUB_TOKENS["alice"]
+    cases = [
+        ("github", {"Authorization": "Bearer demo-alice"}),  # the gateway token
+        ("github", {"Authorization": "Bearer gho_someone_else"}),
+        ("corp", {"Authorization": f"Bearer {github_token}"}),
+        ("corp", {"Authorization": f"Bearer {stranger}"}),  # an STS token, but not for corp's audience
+        ("internal", {"Authorization": "Bearer demo-alice"}),
+        ("internal", {"X-API-Key": "not-the-key"}),
+    ]
+    for backend, headers in cases:
+        v = direct(demo, backend, headers)
+        assert v.refusal is not None and v.refusal.status == 401, (backend, headers, v)
+
+    assert direct(demo, "github", {"Authorization": f"Bearer {github_token}"}).ok
+    assert direct(demo, "internal", {"X-API-Key": ids.DEFAULT_INTERNAL_API_KEY}).ok
+    demo.wait_for(r"^\[corp\] WARNING auth: refused an STS token \(sub client:\S+\): aud 'http://127\.0\.0\.1:\d+' "
+                  r"is not https://corp-mcp\.example$", 5)
+
+
 @pytest.mark.parametrize("token", ["demo-mallory", None], ids=["unknown", "missing"])
 def test_a_bad_gateway_token_is_refused_by_the_authorization_service(demo, token):
     v = visit(demo, "internal", token)
@@ -345,6 +374,13 @@ RUNTIME_MISTAKES = {
         401,
         'backend "github-mcp" (upstream_inject): provider "github": upstream token not found '
         "(no entry in dynamic metadata); metadata ext_authz holds nothing readable",
+    ),
+    "wrong-client-secret": (  # TROUBLE_ENV's STS_CLIENT_SECRET is not the gateway's
+        '"scopes": ["read"]',
+        '"scopes": ["read"]',
+        "corp",
+        502,
+        'token exchange via cluster "sts" failed: the STS answer is unusable: status 401, error invalid_client',
     ),
     "sts-unreachable": (
         "STS_PORT_VALUE",
