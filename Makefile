@@ -50,7 +50,7 @@ lint: setup ## rustfmt check and clippy (native and wasm target), warnings are e
 	cargo clippy --release --target $(WASM_TARGET) --lib -- -D warnings
 
 run: build ## Demo: Envoy + the filter, ext_authz, an STS and three MCP servers on loopback (Ctrl-C stops all)
-	ENVOY_BIN=$(ENVOY) WASM_PATH=$(CURDIR)/$(WASM) $(PY) envoy/demo.py
+	ENVOY_BIN=$(ENVOY) WASM_PATH=$(CURDIR)/$(WASM) $(PY) envoy/demo.py $(DEMO_ARGS)
 
 bench: build ## Benchmarks in a real Envoy, side by side with no filter, Lua, credential_injector (writes bench/results.md; minutes)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }

@@ -98,6 +98,8 @@ async def visit_url(url: str, backend: str, headers: dict[str, str]) -> Visit:
                     result.identity = called.structured_content
     except Exception as e:  # noqa: BLE001 - reported to the user, with the HTTP refusal if any
         if not refusals:
+            while isinstance(e, BaseExceptionGroup) and e.exceptions:  # the SDK's task groups
+                e = e.exceptions[0]
             result.error = f"{type(e).__name__}: {e}"
     if refusals and not result.ok:
         result.refusal = refusals[0]
