@@ -104,7 +104,7 @@ impl Runtime {
                     Ok(Action::Continue)
                 }
                 Decision::Exchange { plan, subject } => {
-                    self.exchange(plan, &subject, context_id, exchange_key)
+                    self.exchange(plan, subject, context_id, exchange_key)
                 }
             });
         result.unwrap_or_else(|err| {
@@ -130,9 +130,12 @@ impl Runtime {
     ) -> Result<Action, AuthError> {
         let key = CacheKey::new(&plan.exchange, subject);
         *exchange_key = Some(key);
-        if let Some(token) = self.cached(&key) {
-            self.forward(&Edit::bearer(&token, Counter::ExchangeCacheHit))?;
-            return Ok(Action::Continue);
+        if let Some(entry) = self.cache_entry(&key) {
+            let now = host::now_ms().unwrap_or(u64::MAX);
+            if let Some(token) = cache::lookup(&entry, &key, now) {
+                self.forward(&Edit::bearer(token, Counter::ExchangeCacheHit))?;
+                return Ok(Action::Continue);
+            }
         }
         self.count(Counter::ExchangeCacheMiss);
         if self.flights.borrow_mut().join(&key, context_id) {
@@ -151,15 +154,14 @@ impl Runtime {
         Ok(Action::Pause)
     }
 
-    fn cached(&self, key: &CacheKey) -> Option<String> {
+    /// The raw entry in `key`'s cache slot (it may hold another key, or be expired).
+    fn cache_entry(&self, key: &CacheKey) -> Option<Vec<u8>> {
         if self.cache.max_entries == 0 {
             return None;
         }
-        let entry = host::shared_data(&key.slot_name(&self.cache))
+        host::shared_data(&key.slot_name(&self.cache))
             .ok()
-            .flatten()?;
-        let now = host::now_ms().ok()?;
-        cache::lookup(&entry, key, now).map(str::to_owned)
+            .flatten()
     }
 
     fn store(&self, key: &CacheKey, issued: &Issued) {

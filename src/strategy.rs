@@ -4,6 +4,7 @@
 //! header names, resolved secrets, serialized metadata paths), so the request path only reads the
 //! one value it needs and sets one header.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::config::{Config, Secret, Strategy, TokenExchange, TokenSource};
@@ -80,8 +81,8 @@ pub struct RequestView<'t> {
 pub struct Edit<'a> {
     /// Remove the client's `Authorization` (the gateway token) before anything is set.
     pub remove_authorization: bool,
-    /// A header to set, replacing any value the client sent.
-    pub set: Option<(&'a str, String)>,
+    /// A header to set, replacing any value the client sent (borrowed when it is configured).
+    pub set: Option<(&'a str, Cow<'a, str>)>,
     pub counter: Counter,
 }
 
@@ -90,21 +91,21 @@ impl Edit<'static> {
     pub fn bearer(token: &str, counter: Counter) -> Self {
         Edit {
             remove_authorization: false,
-            set: Some(("authorization", format!("Bearer {token}"))),
+            set: Some(("authorization", Cow::Owned(format!("Bearer {token}")))),
             counter,
         }
     }
 }
 
-/// What to do with a request.
+/// What to do with a request. Borrows from the plan (`'p`) and from what the host read (`'t`).
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decision<'p> {
+pub enum Decision<'p, 't> {
     /// Edit the headers and let the request go on.
     Forward(Edit<'p>),
     /// Exchange `subject` (from the cache or the STS) before the request can go on.
     Exchange {
         plan: &'p ExchangePlan,
-        subject: String,
+        subject: &'t str,
     },
 }
 
@@ -158,11 +159,11 @@ impl Plan {
     }
 
     /// Decides what happens to the request, from what the host read for it.
-    pub fn decide(
+    pub fn decide<'t>(
         &self,
-        view: RequestView<'_>,
+        view: RequestView<'t>,
         max_token_bytes: usize,
-    ) -> Result<Decision<'_>, AuthError> {
+    ) -> Result<Decision<'_, 't>, AuthError> {
         match self {
             Plan::Unauthenticated => Ok(Decision::Forward(Edit {
                 remove_authorization: true,
@@ -173,7 +174,7 @@ impl Plan {
                 // Setting Authorization itself replaces the gateway token; removing first
                 // would cost a host call for nothing.
                 remove_authorization: name != "authorization",
-                set: Some((name, value.expose().to_owned())),
+                set: Some((name, Cow::Borrowed(value.expose()))),
                 counter: Counter::HeaderInjected,
             })),
             Plan::InjectUpstream(upstream) => {
@@ -191,10 +192,7 @@ impl Plan {
                         .and_then(http::bearer_token)
                         .ok_or(AuthError::MissingBearer)?,
                 };
-                Ok(Decision::Exchange {
-                    plan,
-                    subject: subject.to_owned(),
-                })
+                Ok(Decision::Exchange { plan, subject })
             }
         }
     }
@@ -313,16 +311,16 @@ mod tests {
         }
     }
 
-    fn forward(decision: Decision<'_>) -> Edit<'_> {
+    fn forward<'p>(decision: Decision<'p, '_>) -> Edit<'p> {
         match decision {
             Decision::Forward(edit) => edit,
             other => panic!("expected a forward, got {other:?}"),
         }
     }
 
-    fn subject(decision: Decision<'_>) -> String {
+    fn subject(decision: Decision<'_, '_>) -> String {
         match decision {
-            Decision::Exchange { subject, .. } => subject,
+            Decision::Exchange { subject, .. } => subject.to_owned(),
             other => panic!("expected an exchange, got {other:?}"),
         }
     }
@@ -428,7 +426,7 @@ mod tests {
                 .unwrap(),
         );
         assert!(edit.remove_authorization);
-        assert_eq!(edit.set, Some(("x-api-key", "internal-secret".to_owned())));
+        assert_eq!(edit.set, Some(("x-api-key", "internal-secret".into())));
         assert_eq!(edit.counter, Counter::HeaderInjected);
     }
 
@@ -440,7 +438,7 @@ mod tests {
         );
         let edit = forward(p.for_backend(None).decide(view(None, None), 10).unwrap());
         assert!(!edit.remove_authorization);
-        assert_eq!(edit.set, Some(("authorization", "Basic abc".to_owned())));
+        assert_eq!(edit.set, Some(("authorization", "Basic abc".into())));
     }
 
     // ToolHive upstream_inject_test.go, case by case.
@@ -468,7 +466,7 @@ mod tests {
         );
         assert_eq!(
             edit.set,
-            Some(("authorization", "Bearer gh-token-123".to_owned()))
+            Some(("authorization", "Bearer gh-token-123".into()))
         );
         assert!(
             !edit.remove_authorization,
