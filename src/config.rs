@@ -12,7 +12,9 @@ use serde_json::{Map, Value};
 
 use crate::cache::CacheSettings;
 use crate::http;
-use crate::validate::{self, backend_path, quote, Problem, Problems, Rule, DEFAULT_PATH};
+use crate::validate::{
+    self, backend_path, member_path, quote, Problem, Problems, Rule, DEFAULT_PATH,
+};
 
 pub const DEFAULT_METADATA_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 pub const DEFAULT_METADATA_KEY: &str = "upstream_tokens";
@@ -403,11 +405,7 @@ impl<'a> Obj<'a> {
     }
 
     fn field(&self, key: &str) -> String {
-        if self.path == "$" {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.path)
-        }
+        member_path(&self.path, key)
     }
 }
 
@@ -432,11 +430,7 @@ impl Decoder<'_, '_> {
             if !known.contains(&key.as_str()) {
                 self.problems.report(
                     Rule::S02,
-                    &if path == "$" {
-                        key.clone()
-                    } else {
-                        format!("{path}.{key}")
-                    },
+                    &member_path(path, key),
                     format!(
                         "unknown field {}; the fields allowed here are: {}",
                         quote(key),

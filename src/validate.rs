@@ -162,6 +162,17 @@ pub(crate) fn backend_path(name: &str) -> String {
 
 pub(crate) const DEFAULT_PATH: &str = "outgoingAuth.default";
 
+/// JSON path of member `key` of the object at `path` (`$` is the root): `path.key` for a plain
+/// name, else `path["key"]` with JSON escaping, so an unknown field's name cannot forge a log line.
+pub(crate) fn member_path(path: &str, key: &str) -> String {
+    let plain = !key.is_empty() && key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+    match (path, plain) {
+        ("$", true) => key.to_owned(),
+        (_, true) => format!("{path}.{key}"),
+        (_, false) => format!("{path}[{}]", quote(key)),
+    }
+}
+
 /// `"name"` with JSON escaping, so odd characters in names cannot forge log lines.
 pub(crate) fn quote(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()

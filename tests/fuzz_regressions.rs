@@ -67,3 +67,26 @@ fn header_checks_inputs() {
 fn cache_entry_inputs() {
     replay("cache_entry", checks::cache_entry);
 }
+
+// ---- Bugs the fuzzers found, pinned by name as well as by their inputs above.
+
+/// config_load: an unknown field's name went into the problem's JSON path unquoted, so a name
+/// with a line break could forge a log line (`fuzz/regressions/config_load/unknown-field-with-cr`).
+#[test]
+fn unknown_field_names_are_quoted_in_problem_paths() {
+    let json = br#"{"outgoingAuth":{"source":"inline","x\n[V-00] ok":1},"bad\rkey":{}}"#;
+    let problems = outgoing_auth::config::load(json, &|_| None).unwrap_err();
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [r#"$["bad\rkey"]"#, r#"outgoingAuth["x\n[V-00] ok"]"#]
+    );
+    for p in &problems {
+        let line = p.to_string();
+        assert!(!line.contains(['\n', '\r']), "{line:?}");
+    }
+    // Plain names keep the dotted form.
+    let problems =
+        outgoing_auth::config::load(br#"{"outgoingAuth":{"defualt":{}}}"#, &|_| None).unwrap_err();
+    assert_eq!(problems[0].path, "outgoingAuth.defualt");
+}
