@@ -4,6 +4,9 @@
 #
 #   fuzz/run.sh [TARGET...]        all targets when none is named
 #   FUZZ_SECONDS=30                time per target
+#   FUZZ_COVERAGE=1                then replay each corpus with source coverage and print the line
+#                                  and region coverage of src/ (0: skip; needs llvm-cov of
+#                                  rustc's LLVM version, installed from Debian's llvm-N if absent)
 #
 # Installs what it needs (cargo-fuzz, pinned) unless already there. Uses the nightly toolchain
 # when one is installed, else the stable one with RUSTC_BOOTSTRAP=1 (cargo fuzz passes -Z flags).
@@ -66,8 +69,47 @@ done
 
 echo
 echo "== fuzzing summary (${FUZZ_SECONDS}s per target; logs in fuzz/logs/)"
-printf '%-15s %-7s %12s %8s %14s %14s %9s\n' target result execs exec/s "cov (seeds->)" "ft (seeds->)" corpus
+printf '%-15s %-7s %12s %8s %14s %14s %9s\n' target result execs exec/s "cov start->end" "ft start->end" corpus
 printf '%s\n' "${summary[@]}"
+echo "(cov: edges, ft: features, both as libFuzzer counts them over all instrumented code, serde_json"
+echo " and sha2 included; start: after loading seeds/, regressions/ and corpus/ from earlier runs)"
+
+if [ "${FUZZ_COVERAGE:-1}" = 1 ]; then
+    echo
+    echo "== source coverage of src/ reached by the corpora (cargo fuzz coverage, llvm-cov)"
+    llvm_major=$(rustc "${TOOLCHAIN[@]}" -vV | sed -nE 's/^LLVM version: ([0-9]+).*/\1/p')
+    llvm="/usr/lib/llvm-$llvm_major/bin"
+    if [ ! -x "$llvm/llvm-cov" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "== installing llvm-$llvm_major (llvm-profdata and llvm-cov for rustc's LLVM)"
+        { apt-get update -qq && apt-get install -y -qq "llvm-$llvm_major"; } >/dev/null 2>&1 || true
+    fi
+    if [ ! -x "$llvm/llvm-cov" ]; then
+        echo "skipped: no llvm-cov for LLVM $llvm_major (install llvm-$llvm_major, or set FUZZ_COVERAGE=0)"
+    else
+        bin_dir="target/$(rustc -vV | sed -n 's/^host: //p')/coverage/$(rustc -vV | sed -n 's/^host: //p')/release"
+        objects=()
+        for t in "${TARGETS[@]}"; do
+            dirs=("corpus/$t" "seeds/$t")
+            [ -d "regressions/$t" ] && dirs+=("regressions/$t")
+            cargo "${TOOLCHAIN[@]}" fuzz coverage --llvm-path "$llvm" "$t" "${dirs[@]}" \
+                >"logs/$t.coverage.log" 2>&1 || { echo "$t: coverage run failed, see fuzz/logs/$t.coverage.log"; continue; }
+            objects+=(-object "$bin_dir/$t")
+        done
+        if [ ${#objects[@]} -gt 0 ]; then
+            profiles=()
+            for t in "${TARGETS[@]}"; do
+                [ -f "coverage/$t/coverage.profdata" ] && profiles+=("coverage/$t/coverage.profdata")
+            done
+            "$llvm/llvm-profdata" merge -sparse "${profiles[@]}" -o coverage/all.profdata
+            # Lines and regions of the modules under test, all targets together.
+            "$llvm/llvm-cov" report "${objects[@]:1}" -instr-profile=coverage/all.profdata \
+                -ignore-filename-regex='(/\.cargo/|/\.rustup/|/rustc/|/fuzz/|src/(error|flights|stats|strategy)\.rs)' \
+                | grep -v '^---' | awk '{print $1, $8, $9, $10, $2, $3, $4}' \
+                | sed '1s/.*/file lines missed cover regions missed cover/' | column -t
+            echo "(all targets together; per-line detail: $llvm/llvm-cov show <binary> -instr-profile=fuzz/coverage/all.profdata)"
+        fi
+    fi
+fi
 if [ ${#failed[@]} -gt 0 ]; then
     echo "failing targets: ${failed[*]} (inputs in fuzz/artifacts/)" >&2
     exit 1

@@ -336,9 +336,61 @@ pub fn metadata_pairs(data: &[u8]) {
     for max in [0, 1, 16, data.len().saturating_sub(1), data.len(), 16_384] {
         let got = metadata::check_token(Some(data), max);
         assert_eq!(got, ref_check_token(data, max), "check_token(max {max})");
-        if let Ok(token) = got {
-            assert!(http::header_value_problem(&format!("Bearer {token}")).is_none());
+        match got {
+            Ok(token) => {
+                assert!(http::header_value_problem(&format!("Bearer {token}")).is_none());
+            }
+            // What gets logged about a bad token: its size at most, never its content.
+            Err(problem) => {
+                let text = problem.to_string();
+                let masked = numbers_as_hash(text.as_bytes());
+                let generic = numbers_as_hash(
+                    TokenProblem::TooLong { len: 1, max: 1 }
+                        .to_string()
+                        .as_bytes(),
+                );
+                if let TokenProblem::TooLong { .. } = problem {
+                    assert_eq!(masked, generic, "{text}");
+                } else {
+                    assert!(!text.bytes().any(|c| c.is_ascii_digit()), "{text}");
+                }
+            }
         }
+    }
+
+    // The property path of a provider's token, from the input's parts.
+    let (namespace, key, provider) = (part(&strings, 0), part(&strings, 1), part(&strings, 2));
+    for layout in [
+        TokenLayout::Struct {
+            key: key.to_owned(),
+        },
+        TokenLayout::KeyPrefix {
+            prefix: key.to_owned(),
+        },
+    ] {
+        let source = outgoing_auth::config::TokenSource {
+            namespace: namespace.to_owned(),
+            layout: layout.clone(),
+            max_token_bytes: 16_384,
+        };
+        let path = metadata::token_path(&source, provider);
+        let container = metadata::container_path(&source);
+        let mut expected: Vec<String> = vec![
+            "metadata".to_owned(),
+            "filter_metadata".to_owned(),
+            namespace.to_owned(),
+        ];
+        match layout {
+            TokenLayout::Struct { .. } => {
+                expected.push(key.to_owned());
+                expected.push(provider.to_owned());
+            }
+            TokenLayout::KeyPrefix { .. } => expected.push(format!("{key}{provider}")),
+        }
+        assert_eq!(path, expected);
+        // The container is the token path without its last segment, or the namespace itself.
+        let parent = &path[..path.len() - 1];
+        assert_eq!(container, parent);
     }
     assert_eq!(metadata::check_token(None, 100), Err(TokenProblem::Absent));
 }
@@ -974,6 +1026,16 @@ pub fn cache_entry(data: &[u8]) {
         timeout_ms: 5_000,
     };
     let key = CacheKey::new(&te, subject);
+    let debug = format!("{key:?}");
+    // A short hash prefix only, whatever the subject.
+    let prefix = debug
+        .strip_prefix("CacheKey(")
+        .and_then(|d| d.strip_suffix("…)"))
+        .unwrap_or_default();
+    assert!(
+        prefix.len() == 8 && prefix.bytes().all(|c| c.is_ascii_hexdigit()),
+        "{debug}"
+    );
 
     let entry = cache::encode_entry(&key, expires_at, token);
     assert_eq!(entry.len(), 40 + token.len());
