@@ -61,6 +61,11 @@ bench: build ## Benchmarks in a real Envoy, side by side with no filter, Lua, cr
 bench-micro: ## Micro-benchmarks of the hot pure functions (cargo bench)
 	cargo bench --bench hot_path
 
+.PHONY: fuzz
+FUZZ_SECONDS ?= 30
+fuzz: ## Fuzz every target FUZZ_SECONDS s (default 30) with cargo fuzz; prints execs and coverage
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh
+
 clean: ## Remove build output and the virtualenv
 	cargo clean
 	rm -rf $(VENV) .run
