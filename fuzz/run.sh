@@ -9,9 +9,11 @@
 #                                  rustc's LLVM version, installed from Debian's llvm-N if absent)
 #
 # Installs what it needs (cargo-fuzz, pinned) unless already there. Uses the nightly toolchain
-# when one is installed, else the stable one with RUSTC_BOOTSTRAP=1 (cargo fuzz passes -Z flags).
-# Inputs: fuzz/seeds/<target> and fuzz/regressions/<target> (committed, read only) and
-# fuzz/corpus/<target> (git-ignored, grows from run to run). A failing input is saved under
+# when one is installed, else the stable one with RUSTC_BOOTSTRAP=1 (cargo fuzz passes -Z flags);
+# FUZZ_TOOLCHAIN=<toolchain> chooses.
+# Inputs: fuzz/seeds/<target>, fuzz/regressions/<target> and fuzz/minimized/<target> (committed,
+# read only; fuzz/minimize.sh refreshes the last) and fuzz/corpus/<target> (git-ignored, grows
+# from run to run). A failing input is saved under
 # fuzz/artifacts/<target>/; copy it to fuzz/regressions/<target>/ once the bug is fixed.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -21,13 +23,15 @@ CARGO_FUZZ_VERSION=0.13.2
 ALL_TARGETS=(config_load metadata_pairs sts_response form_encode header_checks cache_entry)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
 
-if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-    TOOLCHAIN=(+nightly)
-    toolchain_name=nightly
-else
-    TOOLCHAIN=()
+toolchain=${FUZZ_TOOLCHAIN:-}
+if [ -z "$toolchain" ]; then
+    if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then toolchain=nightly; else toolchain=stable; fi
+fi
+TOOLCHAIN=(+"$toolchain")
+toolchain_name="$toolchain ($(rustc +"$toolchain" --version | cut -d' ' -f2))"
+if [[ "$toolchain" != nightly* ]]; then
     export RUSTC_BOOTSTRAP=1
-    toolchain_name="$(rustc --version | cut -d' ' -f1-2) with RUSTC_BOOTSTRAP=1"
+    toolchain_name+=" with RUSTC_BOOTSTRAP=1"
 fi
 
 if ! cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $CARGO_FUZZ_VERSION"; then
@@ -45,6 +49,7 @@ for t in "${TARGETS[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
     dirs=("corpus/$t" "seeds/$t")
     [ -d "regressions/$t" ] && dirs+=("regressions/$t")
+    [ -d "minimized/$t" ] && dirs+=("minimized/$t")
     args=(-max_total_time="$FUZZ_SECONDS" -timeout=10 -print_final_stats=1)
     [ -f "dicts/$t.dict" ] && args+=(-dict="dicts/$t.dict")
     echo "== $t: ${FUZZ_SECONDS}s"
@@ -72,7 +77,7 @@ echo "== fuzzing summary (${FUZZ_SECONDS}s per target; logs in fuzz/logs/)"
 printf '%-15s %-7s %12s %8s %14s %14s %9s\n' target result execs exec/s "cov start->end" "ft start->end" corpus
 printf '%s\n' "${summary[@]}"
 echo "(cov: edges, ft: features, both as libFuzzer counts them over all instrumented code, serde_json"
-echo " and sha2 included; start: after loading seeds/, regressions/ and corpus/ from earlier runs)"
+echo " and sha2 included; start: after loading the committed inputs and corpus/ of earlier runs)"
 
 if [ "${FUZZ_COVERAGE:-1}" = 1 ]; then
     echo
@@ -91,6 +96,7 @@ if [ "${FUZZ_COVERAGE:-1}" = 1 ]; then
         for t in "${TARGETS[@]}"; do
             dirs=("corpus/$t" "seeds/$t")
             [ -d "regressions/$t" ] && dirs+=("regressions/$t")
+            [ -d "minimized/$t" ] && dirs+=("minimized/$t")
             cargo "${TOOLCHAIN[@]}" fuzz coverage --llvm-path "$llvm" "$t" "${dirs[@]}" \
                 >"logs/$t.coverage.log" 2>&1 || { echo "$t: coverage run failed, see fuzz/logs/$t.coverage.log"; continue; }
             objects+=(-object "$bin_dir/$t")

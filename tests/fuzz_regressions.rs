@@ -1,5 +1,6 @@
-//! Replays the fuzz corpora committed under `fuzz/` (the seeds, and every crasher a run found)
-//! through the same property checks the fuzz targets run, so `cargo test` keeps them passing
+//! Replays the fuzz inputs committed under `fuzz/` (the hand-written seeds, every crasher a run
+//! found, and the minimized inputs that reach what the seeds miss) through the same property
+//! checks the fuzz targets run, so `cargo test` keeps them passing
 //! without a nightly toolchain. `make fuzz` explores further; docs/fuzzing.md.
 
 // Test code: a panic is how a test fails.
@@ -16,12 +17,12 @@ mod checks;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-/// Runs `check` on every file of `fuzz/seeds/<target>` and `fuzz/regressions/<target>`.
+/// Runs `check` on every file of `fuzz/{seeds,regressions,minimized}/<target>`.
 fn replay(target: &str, check: fn(&[u8])) {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut inputs = 0;
     let mut failed = Vec::new();
-    for dir in ["seeds", "regressions"] {
+    for dir in ["seeds", "regressions", "minimized"] {
         let Ok(entries) = std::fs::read_dir(fuzz.join(dir).join(target)) else {
             continue;
         };
@@ -34,6 +35,7 @@ fn replay(target: &str, check: fn(&[u8])) {
             }
         }
     }
+    println!("{target}: {inputs} inputs");
     assert!(inputs > 0, "no committed inputs for {target}");
     assert!(failed.is_empty(), "{target} fails on: {failed:#?}");
 }

@@ -310,9 +310,22 @@ pub fn metadata_pairs(data: &[u8]) {
             data,
             "encode(decode(x)) != x"
         );
+        // Diagnostics list provider names: every key, or the keys with the prefix, stripped.
         let source = outgoing_auth::config::TokenSource::default();
         let providers = metadata::providers_in(&source, pairs);
         assert_eq!(providers.len(), pairs.len());
+        let source = outgoing_auth::config::TokenSource {
+            layout: TokenLayout::KeyPrefix {
+                prefix: "x-upstream-token-".to_owned(),
+            },
+            ..source
+        };
+        let expected: Vec<String> = pairs
+            .iter()
+            .filter_map(|(k, _)| k.strip_prefix(b"x-upstream-token-"))
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        assert_eq!(metadata::providers_in(&source, pairs), expected);
     }
 
     // The other direction: the input's parts, paired up, survive encode then decode.
@@ -393,6 +406,7 @@ pub fn metadata_pairs(data: &[u8]) {
         assert_eq!(container, parent);
     }
     assert_eq!(metadata::check_token(None, 100), Err(TokenProblem::Absent));
+    assert!(!TokenProblem::Absent.to_string().is_empty());
 }
 
 /// The pairs encoding as the proxy-wasm ABI defines it, decoded the obvious way.
