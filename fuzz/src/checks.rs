@@ -1087,19 +1087,25 @@ pub fn cache_entry(data: &[u8]) {
         "scope order changed the key"
     );
 
-    let name = key.slot_name(slots);
-    let slot: u64 = name
-        .strip_prefix("outgoing_auth.exchange_cache.")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("slot name {name:?}"));
-    assert!(slot < u64::from(slots.max(1)));
-    assert_eq!(key.slot_name(slots), name);
-
     let settings = CacheSettings {
         max_entries: slots,
         safety_margin_secs: now % 4_000,
         default_ttl_secs: expires_at % 90_000,
     };
+    // One table per cache setting: outgoing_auth.exchange_cache.<slots>.<margin>.<ttl>.<slot>
+    let name = key.slot_name(&settings);
+    let table = format!(
+        "outgoing_auth.exchange_cache.{}.{}.{}.",
+        slots.max(1),
+        settings.safety_margin_secs,
+        settings.default_ttl_secs
+    );
+    let slot: u64 = name
+        .strip_prefix(&table)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("slot name {name:?}"));
+    assert!(slot < u64::from(slots.max(1)));
+    assert_eq!(key.slot_name(&settings), name);
     for expires_in in [None, Some(expires_at), Some(now)] {
         let ttl = match expires_in {
             _ if slots == 0 => None,
