@@ -83,6 +83,10 @@ impl Default for CacheSettings {
     }
 }
 
+/// No exchanged token is served from the cache for longer than this, whatever `expires_in` says:
+/// a token that claims to live for years is still exchanged anew every day.
+pub const MAX_TTL_SECS: u64 = 24 * 60 * 60;
+
 impl CacheSettings {
     /// How long an issued token may be served from the cache; `None`: do not cache it.
     pub fn ttl_secs(&self, expires_in: Option<u64>) -> Option<u64> {
@@ -93,7 +97,7 @@ impl CacheSettings {
             Some(secs) => secs.saturating_sub(self.safety_margin_secs),
             None => self.default_ttl_secs,
         };
-        (ttl > 0).then_some(ttl)
+        (ttl > 0).then_some(ttl.min(MAX_TTL_SECS))
     }
 }
 
@@ -242,6 +246,11 @@ mod tests {
             ..s
         };
         assert_eq!(s.ttl_secs(None), Some(60));
+        assert_eq!(
+            s.ttl_secs(Some(u64::MAX)),
+            Some(MAX_TTL_SECS),
+            "a huge expires_in is capped"
+        );
         let off = CacheSettings {
             max_entries: 0,
             ..s

@@ -1116,6 +1116,8 @@ pub fn cache_entry(data: &[u8]) {
             None if settings.default_ttl_secs > 0 => Some(settings.default_ttl_secs),
             None => None,
         };
+        // Nothing stays cached longer than a day.
+        let ttl = ttl.map(|t| t.min(24 * 60 * 60));
         assert_eq!(
             settings.ttl_secs(expires_in),
             ttl,
