@@ -99,7 +99,7 @@ pub fn config_load(data: &[u8]) {
     if contains(data, INLINE_CANARY.as_bytes()) {
         return;
     }
-    let canary = if data.len() % 2 == 0 {
+    let canary = if data.len().is_multiple_of(2) {
         INLINE_CANARY.to_owned()
     } else {
         format!("{INLINE_CANARY}\r\n")
@@ -845,7 +845,7 @@ fn ref_form_decode(s: &str) -> Vec<(String, String)> {
 /// RFC 4648 §4 base64 with padding, strict.
 fn ref_base64_decode(s: &str) -> Option<Vec<u8>> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    if s.len() % 4 != 0 {
+    if !s.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::new();
