@@ -96,8 +96,8 @@ impl Runtime {
             upstream_token: token.as_ref().map(Option::as_deref).map_err(|_| ()),
             authorization: authorization.as_deref(),
         };
-        let result = plan
-            .decide(view, self.plans.tokens.max_token_bytes)
+        let result = refuse_numbers(plan, view.upstream_token)
+            .and_then(|()| plan.decide(view, self.plans.tokens.max_token_bytes))
             .and_then(|decision| match decision {
                 Decision::Forward(edit) => {
                     self.forward(&edit)?;
@@ -485,6 +485,30 @@ impl HttpContext for Filter {
         }
         Action::Continue
     }
+}
+
+/// Refuses an upstream token that is really a Struct number: a number reaches the module as its
+/// 8 raw `f64` bytes, which can all be visible ASCII, so an 8-byte token is only used when the
+/// typed metadata says it is a string (one more host call, for 8-byte values only). Anything
+/// else, or a typed read that fails, counts as not a usable token.
+fn refuse_numbers(plan: &Plan, raw: Result<Option<&[u8]>, ()>) -> Result<(), AuthError> {
+    let (Some(upstream), Ok(Some(raw))) = (plan.upstream(), raw) else {
+        return Ok(());
+    };
+    if !metadata::may_be_number(raw) {
+        return Ok(());
+    }
+    let kind = host::get_property(metadata::TYPED_METADATA_PATH)
+        .ok()
+        .flatten()
+        .and_then(|typed| metadata::value_kind_at(&typed, &upstream.token_path));
+    if kind == Some(metadata::ValueKind::String) {
+        return Ok(());
+    }
+    Err(AuthError::UpstreamTokenNotFound {
+        provider: upstream.provider.clone(),
+        problem: metadata::TokenProblem::NotACredential,
+    })
 }
 
 /// The first backend name that exists, trying the configured sources in order.

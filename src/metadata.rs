@@ -118,6 +118,190 @@ pub fn check_token(raw: Option<&[u8]>, max_bytes: usize) -> Result<&str, TokenPr
     std::str::from_utf8(raw).map_err(|_| TokenProblem::NotACredential)
 }
 
+/// The property that holds the request's whole dynamic metadata as a serialized
+/// `envoy.config.core.v3.Metadata` protobuf. Unlike a nested path, it keeps each value's type.
+pub const TYPED_METADATA_PATH: &[u8] = b"metadata";
+
+/// Whether a value read at a token path could be a Struct number instead of a string token.
+///
+/// A nested path returns a Struct number as its 8 raw little-endian `f64` bytes, and some numbers
+/// (2261634.745587397 is `gho_AAAA`) have 8 visible ASCII bytes: they pass [`check_token`].
+/// Booleans (1 byte: 0 or 1), Structs and lists (pairs, full of NULs) never do, and null cannot be
+/// read at all. So exactly the 8-byte values that pass the character check need
+/// [`value_kind_at`] before they may be used.
+pub fn may_be_number(raw: &[u8]) -> bool {
+    raw.len() == 8 && http::is_credential(raw)
+}
+
+/// The kind of a `google.protobuf.Value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    Null,
+    Number,
+    String,
+    Bool,
+    Struct,
+    List,
+}
+
+/// The kind of the value at `token_path` (a serialized `metadata\0filter_metadata\0<ns>\0<key>...`
+/// path, as [`token_path`] builds it) inside `typed`, the [`TYPED_METADATA_PATH`] property.
+/// `None` when the path does not lead to a value or the data is malformed.
+///
+/// A minimal protobuf walk, allocation-free and bounded by the input: `Metadata.filter_metadata`
+/// (field 1, `map<string, Struct>`), then `Struct.fields` (field 1, `map<string, Value>`) for
+/// each further key, descending through `Value.struct_value`. For repeated map keys and oneof
+/// members the last one wins, as protobuf parsing does.
+pub fn value_kind_at(typed: &[u8], token_path: &[u8]) -> Option<ValueKind> {
+    let rest = token_path.strip_prefix(b"metadata\0filter_metadata\0")?;
+    let mut segments = rest.split(|&b| b == 0);
+    let namespace = segments.next()?;
+    let mut message = proto::map_value(typed, namespace)?;
+    let mut key = segments.next()?;
+    loop {
+        let (kind, body) = proto::value_kind(proto::map_value(message, key)?)?;
+        match segments.next() {
+            None => return Some(kind),
+            Some(next) if kind == ValueKind::Struct => {
+                message = body;
+                key = next;
+            }
+            Some(_) => return None,
+        }
+    }
+}
+
+/// Just enough protobuf wire format for [`value_kind_at`].
+mod proto {
+    use super::ValueKind;
+
+    const VARINT: u64 = 0;
+    const FIXED64: u64 = 1;
+    const LEN: u64 = 2;
+    const FIXED32: u64 = 5;
+
+    /// One field: number, wire type, and its bytes (the payload of a length-delimited field).
+    type Field<'a> = (u64, u64, &'a [u8]);
+
+    struct Fields<'a> {
+        data: &'a [u8],
+        failed: bool,
+    }
+
+    impl<'a> Fields<'a> {
+        fn new(data: &'a [u8]) -> Self {
+            Fields {
+                data,
+                failed: false,
+            }
+        }
+
+        fn varint(&mut self) -> Option<u64> {
+            let mut value = 0u64;
+            for i in 0..10 {
+                let (&byte, rest) = self.data.split_first()?;
+                self.data = rest;
+                value |= u64::from(byte & 0x7f) << (7 * i);
+                if byte & 0x80 == 0 {
+                    return Some(value);
+                }
+            }
+            None
+        }
+
+        fn take(&mut self, n: u64) -> Option<&'a [u8]> {
+            let n = usize::try_from(n).ok()?;
+            let bytes = self.data.get(..n)?;
+            self.data = self.data.get(n..)?;
+            Some(bytes)
+        }
+
+        fn field(&mut self) -> Option<Field<'a>> {
+            let key = self.varint()?;
+            let (number, wire) = (key >> 3, key & 7);
+            let bytes = match wire {
+                VARINT => {
+                    let start = self.data;
+                    self.varint()?;
+                    start.get(..start.len() - self.data.len())?
+                }
+                FIXED64 => self.take(8)?,
+                LEN => {
+                    let len = self.varint()?;
+                    self.take(len)?
+                }
+                FIXED32 => self.take(4)?,
+                _ => return None, // groups: never in these messages
+            };
+            Some((number, wire, bytes))
+        }
+
+        /// Whether every field was well-formed (checked once iteration has ended).
+        fn complete(&self) -> bool {
+            !self.failed && self.data.is_empty()
+        }
+    }
+
+    impl<'a> Iterator for Fields<'a> {
+        type Item = Field<'a>;
+
+        fn next(&mut self) -> Option<Field<'a>> {
+            if self.failed || self.data.is_empty() {
+                return None;
+            }
+            let field = self.field();
+            self.failed = field.is_none();
+            field
+        }
+    }
+
+    /// The value of `key` in the `map<string, Message>` that is field 1 of `message` (both
+    /// `Metadata.filter_metadata` and `Struct.fields` are): the value message's bytes.
+    pub(super) fn map_value<'a>(message: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+        let mut found = None;
+        let mut fields = Fields::new(message);
+        for (number, wire, entry) in fields.by_ref() {
+            if number != 1 || wire != LEN {
+                continue;
+            }
+            let (mut entry_key, mut value): (&[u8], &[u8]) = (b"", b"");
+            let mut entry_fields = Fields::new(entry);
+            for (number, wire, bytes) in entry_fields.by_ref() {
+                match (number, wire) {
+                    (1, LEN) => entry_key = bytes,
+                    (2, LEN) => value = bytes,
+                    _ => {}
+                }
+            }
+            if !entry_fields.complete() {
+                return None;
+            }
+            if entry_key == key {
+                found = Some(value);
+            }
+        }
+        fields.complete().then_some(found).flatten()
+    }
+
+    /// The kind of a serialized `google.protobuf.Value`, and the payload of a `struct_value`.
+    pub(super) fn value_kind(value: &[u8]) -> Option<(ValueKind, &[u8])> {
+        let mut kind = None;
+        let mut fields = Fields::new(value);
+        for (number, wire, bytes) in fields.by_ref() {
+            kind = match (number, wire) {
+                (1, VARINT) => Some((ValueKind::Null, &[][..])),
+                (2, FIXED64) => Some((ValueKind::Number, &[][..])),
+                (3, LEN) => Some((ValueKind::String, &[][..])),
+                (4, VARINT) => Some((ValueKind::Bool, &[][..])),
+                (5, LEN) => Some((ValueKind::Struct, bytes)),
+                (6, LEN) => Some((ValueKind::List, &[][..])),
+                _ => kind,
+            };
+        }
+        fields.complete().then_some(kind).flatten()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PairsError {
     #[error("pairs data is truncated")]
@@ -366,6 +550,197 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|i| (seed >> (i % 8 * 8)) as u8).collect();
             let _ = decode_pairs(&bytes);
         }
+    }
+
+    /// What Envoy 1.40 returned for `get_property("metadata")` after `set_metadata` wrote
+    /// `upstream_tokens: {pnum: 2261634.745587397, str8: "gho_AAAA", null: null}` into
+    /// `envoy.filters.http.ext_authz`.
+    const ENVOY_TYPED_METADATA: &str = "0a6a0a1c656e766f792e66696c746572732e687474702e6578745f6175\
+        74687a124a0a480a0f757073747265616d5f746f6b656e7312352a330a110a04706e756d12091167686f5f4141\
+        41410a120a0473747238120a1a0867686f5f414141410a0a0a046e756c6c12020800";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn path(source: &TokenSource, provider: &str) -> Vec<u8> {
+        serialize_path(&token_path(source, provider))
+    }
+
+    /// Protobuf encoding helpers for the cases Envoy's capture does not cover.
+    fn len_field(number: u8, bytes: &[u8]) -> Vec<u8> {
+        assert!(bytes.len() < 128);
+        let mut out = vec![number << 3 | 2, bytes.len() as u8];
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    fn entry(key: &str, value: &[u8]) -> Vec<u8> {
+        len_field(
+            1,
+            &[len_field(1, key.as_bytes()), len_field(2, value)].concat(),
+        )
+    }
+
+    fn string_value(s: &str) -> Vec<u8> {
+        len_field(3, s.as_bytes())
+    }
+
+    fn struct_value(entries: &[Vec<u8>]) -> Vec<u8> {
+        len_field(5, &entries.concat())
+    }
+
+    /// `Metadata` with one namespace holding `entries` (`Struct` fields).
+    fn typed(namespace: &str, entries: &[Vec<u8>]) -> Vec<u8> {
+        entry(namespace, &entries.concat())
+    }
+
+    #[test]
+    fn may_be_number_is_exactly_the_8_byte_credentials() {
+        assert!(may_be_number(b"gho_AAAA"));
+        assert!(may_be_number(&2261634.745587397f64.to_le_bytes()));
+        assert!(!may_be_number(&1.5f64.to_le_bytes()), "has NULs");
+        assert!(!may_be_number(b"gho_AAAAA"));
+        assert!(!may_be_number(b"gho_AAA"));
+        assert!(!may_be_number(&[1]));
+    }
+
+    #[test]
+    fn value_kind_tells_envoys_numbers_from_strings() {
+        let typed = unhex(ENVOY_TYPED_METADATA);
+        let source = struct_source();
+        assert_eq!(
+            value_kind_at(&typed, &path(&source, "pnum")),
+            Some(ValueKind::Number)
+        );
+        assert_eq!(
+            value_kind_at(&typed, &path(&source, "str8")),
+            Some(ValueKind::String)
+        );
+        assert_eq!(
+            value_kind_at(&typed, &path(&source, "null")),
+            Some(ValueKind::Null)
+        );
+        assert_eq!(value_kind_at(&typed, &path(&source, "absent")), None);
+        let elsewhere = TokenSource {
+            namespace: "other".to_owned(),
+            ..struct_source()
+        };
+        assert_eq!(value_kind_at(&typed, &path(&elsewhere, "str8")), None);
+    }
+
+    #[test]
+    fn value_kind_follows_the_key_prefix_layout() {
+        let source = prefix_source();
+        let typed = typed(
+            "envoy.filters.http.ext_authz",
+            &[
+                entry("x-upstream-token-github", &string_value("gho_AAAA")),
+                entry("x-upstream-token-slack", &[0x20, 0x01]),
+            ],
+        );
+        assert_eq!(
+            value_kind_at(&typed, &path(&source, "github")),
+            Some(ValueKind::String)
+        );
+        assert_eq!(
+            value_kind_at(&typed, &path(&source, "slack")),
+            Some(ValueKind::Bool)
+        );
+    }
+
+    #[test]
+    fn value_kind_needs_structs_on_the_way() {
+        let source = struct_source();
+        // upstream_tokens is a string, not a Struct: nothing below it
+        let flat = typed(
+            "envoy.filters.http.ext_authz",
+            &[entry("upstream_tokens", &string_value("x"))],
+        );
+        assert_eq!(value_kind_at(&flat, &path(&source, "github")), None);
+        let nested = typed(
+            "envoy.filters.http.ext_authz",
+            &[entry(
+                "upstream_tokens",
+                &struct_value(&[
+                    entry("github", &struct_value(&[])),
+                    entry("list", &len_field(6, &[])),
+                ]),
+            )],
+        );
+        assert_eq!(
+            value_kind_at(&nested, &path(&source, "github")),
+            Some(ValueKind::Struct)
+        );
+        assert_eq!(
+            value_kind_at(&nested, &path(&source, "list")),
+            Some(ValueKind::List)
+        );
+    }
+
+    #[test]
+    fn value_kind_takes_the_last_map_entry_and_oneof_member() {
+        let source = prefix_source();
+        let number = [&[0x11][..], &[0x41; 8][..]].concat();
+        let typed = typed(
+            "envoy.filters.http.ext_authz",
+            &[
+                entry("x-upstream-token-github", &string_value("gho_AAAA")),
+                entry(
+                    "x-upstream-token-github",
+                    &[string_value("gho_AAAA"), number].concat(),
+                ),
+            ],
+        );
+        assert_eq!(
+            value_kind_at(&typed, &path(&source, "github")),
+            Some(ValueKind::Number)
+        );
+    }
+
+    #[test]
+    fn value_kind_refuses_paths_outside_filter_metadata() {
+        let typed = unhex(ENVOY_TYPED_METADATA);
+        assert_eq!(value_kind_at(&typed, b"xds\0cluster_name"), None);
+        assert_eq!(value_kind_at(&typed, b"metadata\0filter_metadata"), None);
+        assert_eq!(
+            value_kind_at(
+                &typed,
+                b"metadata\0filter_metadata\0envoy.filters.http.ext_authz"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn value_kind_rejects_every_truncation_and_survives_garbage() {
+        let typed = unhex(ENVOY_TYPED_METADATA);
+        let str8 = path(&struct_source(), "str8");
+        for len in 0..typed.len() {
+            // A cut inside the namespace entry cannot be read; one between top-level fields
+            // would be a shorter, valid message: there is only one here.
+            assert_eq!(
+                value_kind_at(&typed[..len], &str8),
+                None,
+                "prefix of {len} bytes"
+            );
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut bytes = typed.clone();
+            let at = (seed % bytes.len() as u64) as usize;
+            bytes[at] = (seed >> 32) as u8;
+            let _ = value_kind_at(&bytes, &str8);
+        }
+        // A varint that never ends, and a length past the end.
+        assert_eq!(value_kind_at(&[0x0a, 0xff, 0xff, 0xff], &str8), None);
+        assert_eq!(value_kind_at(&[0x0a, 0x7f, 0x0a], &str8), None);
     }
 
     #[test]

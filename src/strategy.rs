@@ -139,7 +139,8 @@ impl Plan {
         }
     }
 
-    fn upstream(&self) -> Option<&UpstreamRef> {
+    /// The upstream provider whose token this plan reads, if any.
+    pub fn upstream(&self) -> Option<&UpstreamRef> {
         match self {
             Plan::InjectUpstream(u) => Some(u),
             Plan::Exchange(x) => x.subject_from.as_ref(),

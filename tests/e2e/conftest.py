@@ -25,6 +25,7 @@ import authgent as ag
 import exchange_scenarios as xs
 import harness as h
 import scenarios as sc
+import security_scenarios as ss
 
 
 def _required(name: str, hint: str = "") -> Path:
@@ -118,6 +119,32 @@ def exchange(envoy_bin, wasm_path, workdir, backend, sts) -> Iterator[h.Envoy]:
 def exchange_single(envoy_bin, wasm_path, workdir, backend, sts) -> Iterator[h.Envoy]:
     """The same as ``exchange`` with one worker: every request meets the same in-flight calls."""
     with _exchange_envoy("exchange-single", 1, envoy_bin, wasm_path, workdir, backend, sts) as envoy:
+        yield envoy
+
+
+@pytest.fixture(scope="session")
+def choice_backends() -> Iterator[dict[str, h.EchoBackend]]:
+    """One recording backend per cluster of the ``choice`` listeners (security_scenarios)."""
+    servers = {name: h.EchoBackend().start() for name in ss.CHOICE_BACKENDS}
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def security(
+    envoy_bin, wasm_path, workdir, backend, sts, ext_authz_service, choice_backends
+) -> Iterator[h.Envoy]:
+    """The security matrix's Envoy: odd metadata values, 5,000-entry Structs, and the
+    ``choice`` listeners whose clusters each have their own backend (security_scenarios)."""
+    config = ss.security_config(
+        wasm_path,
+        backend.port,
+        sts.port,
+        ext_authz_service.port,
+        {name: server.port for name, server in choice_backends.items()},
+    )
+    with h.Envoy("security", config, workdir, envoy_bin, env=ss.ENV) as envoy:
         yield envoy
 
 
