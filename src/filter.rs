@@ -275,14 +275,11 @@ impl Runtime {
                     .ok()
                     .flatten()
                     .and_then(|data| {
-                        metadata::decode_pairs(&data)
-                            .ok()
-                            .map(|pairs| metadata::providers_in(tokens, &pairs))
-                    });
-                let present = present.map_or_else(
-                    || "nothing readable".to_owned(),
-                    |names| format!("providers {names:?}"),
-                );
+                        metadata::decode_pairs(&data).ok().map(|pairs| {
+                            metadata::providers_summary(tokens, &pairs, metadata::LISTED_PROVIDERS)
+                        })
+                    })
+                    .unwrap_or_else(|| "nothing readable".to_owned());
                 warn!(
                     "outgoing-auth: backend {backend} ({kind}): {err} ({problem}); \
                      metadata {} holds {present}",

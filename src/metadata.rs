@@ -54,6 +54,33 @@ pub fn providers_in(source: &TokenSource, entries: &[Pair<'_>]) -> Vec<String> {
         .collect()
 }
 
+/// How many provider names a log line lists at most: the auth filter decides how many entries
+/// the metadata holds, and one rejected request must not write an unbounded line.
+pub const LISTED_PROVIDERS: usize = 16;
+
+/// `providers ["github", "atlassian"]` for the log line of a missing token: the provider names in
+/// the decoded container (keys only), at most `limit` of them, then how many there are in all.
+pub fn providers_summary(source: &TokenSource, entries: &[Pair<'_>], limit: usize) -> String {
+    let prefix: &[u8] = match &source.layout {
+        TokenLayout::Struct { .. } => b"",
+        TokenLayout::KeyPrefix { prefix } => prefix.as_bytes(),
+    };
+    let mut names = entries.iter().filter_map(|(k, _)| k.strip_prefix(prefix));
+    let listed: Vec<String> = names
+        .by_ref()
+        .take(limit)
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    match names.count() {
+        0 => format!("providers {listed:?}"),
+        more => format!(
+            "{} providers, the first {}: {listed:?}",
+            listed.len() + more,
+            listed.len()
+        ),
+    }
+}
+
 /// The proxy-wasm ABI's path encoding: segments joined by NUL.
 pub fn serialize_path<S: AsRef<str>>(segments: &[S]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -741,6 +768,31 @@ mod tests {
         // A varint that never ends, and a length past the end.
         assert_eq!(value_kind_at(&[0x0a, 0xff, 0xff, 0xff], &str8), None);
         assert_eq!(value_kind_at(&[0x0a, 0x7f, 0x0a], &str8), None);
+    }
+
+    #[test]
+    fn provider_summaries_are_bounded() {
+        let data = encode_pairs(&[("github", "secret-1"), ("atlassian", "secret-2")]);
+        let pairs = decode_pairs(&data).unwrap();
+        assert_eq!(
+            providers_summary(&struct_source(), &pairs, 2),
+            r#"providers ["github", "atlassian"]"#
+        );
+        let many: Vec<(String, String)> = (0..5000)
+            .map(|i| (format!("x-upstream-token-p{i}"), format!("secret-{i}")))
+            .collect();
+        let data = encode_pairs(&many);
+        let pairs = decode_pairs(&data).unwrap();
+        let summary = providers_summary(&prefix_source(), &pairs, 3);
+        assert_eq!(
+            summary,
+            r#"5000 providers, the first 3: ["p0", "p1", "p2"]"#
+        );
+        assert!(!summary.contains("secret"));
+        assert_eq!(
+            providers_summary(&prefix_source(), &pairs[..0], 3),
+            "providers []"
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 A provider's entry with CR/LF/NUL/control characters, spaces, non-ASCII, over ``maxTokenBytes``,
 or not a string at all (number, boolean, null, Struct, list; set with set_metadata) gets exactly
 the 401 of a missing token, in both metadata layouts and both filter placements, and as a
-token_exchange subject it never reaches the STS.
+token_exchange subject it never reaches the STS. A Struct of 5,000 entries yields each provider's
+own token or a clean 401, also under concurrency, and the 401's log line stays bounded.
 
 A Struct number is the subtle case: the nested metadata path hands the module its 8 raw ``f64``
 bytes, and ``PRINTABLE_NUMBER``'s bytes are the visible ASCII ``gho_AAAA``; an 8-byte *string*
@@ -11,6 +12,8 @@ token (``eight``) must still work.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -91,3 +94,56 @@ def test_usable_subject_provider_token_is_exchanged(security, sts, backend, uniq
     subject = ss.ACCEPTED[provider]
     assert sts.calls_for(subject), f"the STS never saw subject {subject!r}"
     assert seen.values("authorization") == [f"Bearer {sts.issued_for(subject)[-1]}"]
+
+
+# --------------------------------------------------------------------------------------------
+# 5,000 entries
+
+
+@pytest.mark.parametrize("listener", ["big", "big-prefix"])
+def test_each_provider_gets_its_own_token_out_of_5000_entries(security, backend, unique, listener):
+    for provider, token in ss.BIG_USED.items():
+        path = unique(f"/big/{provider}/")
+        resp = h.request(security.port(listener), path, GATEWAY)
+        seen = sc.only_request(backend, path, resp)
+        assert seen.values("authorization") == [f"Bearer {token}"], provider
+
+
+@pytest.mark.parametrize("listener", ["big", "big-prefix"])
+def test_provider_missing_from_5000_entries_gets_401_and_a_bounded_log_line(
+    security, backend, unique, listener
+):
+    path = unique(f"/big/{ss.BIG_MISSING}/")
+    resp = h.request(security.port(listener), path, GATEWAY)
+
+    sc.assert_missing_token_reply(resp, ss.BIG_MISSING, secrets=[*ss.big_values().values(), GATEWAY_TOKEN])
+    sc.assert_backend_not_called(backend, path)
+    lines = [line for line in security.log_text().splitlines() if f'provider "{ss.BIG_MISSING}"' in line]
+    assert lines, security.log_tail()
+    # every entry is counted, 16 are named, and no token value is in the line
+    assert all(len(line) < 1500 for line in lines), max(lines, key=len)[:3000]
+    assert all(f"{len(ss.big_values())} providers, the first 16:" in line for line in lines), lines[-1]
+    sc.assert_no_secrets("\n".join(lines), list(ss.big_values().values()), "the 401's log lines")
+
+
+def test_concurrent_requests_against_5000_entries_get_the_right_token_or_a_clean_401(
+    security, backend, unique
+):
+    providers = [*ss.BIG_USED, ss.BIG_MISSING]
+    jobs = [(listener, p, unique(f"/big/{p}/")) for _ in range(6) for listener in ("big", "big-prefix") for p in providers]
+
+    def send(job: tuple[str, str, str]) -> h.Response:
+        listener, _, path = job
+        return h.request(security.port(listener), path, GATEWAY)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(pool.map(send, jobs))
+
+    for (_, provider, path), resp in zip(jobs, responses):
+        if provider == ss.BIG_MISSING:
+            sc.assert_missing_token_reply(resp, provider, secrets=[GATEWAY_TOKEN])
+            sc.assert_backend_not_called(backend, path)
+        else:
+            seen = sc.only_request(backend, path, resp)
+            assert seen.values("authorization") == [f"Bearer {ss.BIG_USED[provider]}"], provider
+    assert security.proc is not None and security.proc.poll() is None
