@@ -425,11 +425,17 @@ def request(
     method: str = "GET",
     body: bytes | None = None,
     timeout: float = 10.0,
+    host: str | None = None,
 ) -> Response:
-    """One request on a fresh connection; headers are sent as given (duplicates included)."""
+    """One request on a fresh connection; headers are sent as given (duplicates included).
+
+    ``host`` replaces the ``Host`` header http.client would derive from the address (``path`` may
+    then be an absolute URL, sent as the request target verbatim)."""
     conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
     try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
+        conn.putrequest(method, path, skip_host=host is not None, skip_accept_encoding=True)
+        if host is not None:
+            conn.putheader("host", host)
         for k, v in headers:
             conn.putheader(k, v)
         if body is not None:
