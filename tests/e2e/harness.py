@@ -665,8 +665,12 @@ class Envoy:
         envoy_bin: Path,
         env: dict[str, str] | None = None,
         concurrency: int = 2,
+        log_level: str = "info",
+        component_log_level: str = "wasm:debug",
     ) -> None:
         self.name = name
+        self.log_level = log_level
+        self.component_log_level = component_log_level
         self.config = config
         self.dir = Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -695,8 +699,8 @@ class Envoy:
                 "-c", str(self.config_path),
                 "--disable-hot-restart",
                 "--concurrency", str(self.concurrency),
-                "-l", "info",
-                "--component-log-level", "wasm:debug",
+                "-l", self.log_level,
+                "--component-log-level", self.component_log_level,
                 "--admin-address-path", str(self.admin_address_path),
                 "--drain-time-s", "0",
             ],
