@@ -15,7 +15,7 @@ BENCH_TARGET := target/bench
 NOOP_WASM   := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_noop.wasm
 INJECT_WASM := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_inject.wasm
 
-.PHONY: help setup build cli test test-unit test-e2e lint run bench bench-micro clean
+.PHONY: help setup build cli test test-unit test-e2e lint run bench bench-micro soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ bench-micro: ## Micro-benchmarks of the hot pure functions (cargo bench)
 FUZZ_SECONDS ?= 30
 fuzz: ## Fuzz every target FUZZ_SECONDS s (default 30) with cargo fuzz; prints execs and coverage
 	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh
+
+soak: build ## Load and soak on loopback: every strategy, 20% STS faults, checks answers, 5xx, RSS trend (~3 min; SOAK_SECONDS=...)
+	ENVOY_BIN=$(ENVOY) WASM_PATH=$(CURDIR)/$(WASM) $(PY) tests/e2e/soak.py
 
 clean: ## Remove build output and the virtualenv
 	cargo clean
