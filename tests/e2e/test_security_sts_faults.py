@@ -7,7 +7,8 @@ misses coalesce when they meet on a worker) and half have their own. Every clien
 class's defined answer within the strategy's timeout (plus a margin for a loaded machine), the
 backend must be called for the healthy ones only, and afterwards Envoy must be live, without a
 trap or a host error, and exchanging normally on both workers. The one-worker Envoy then shows a
-timed-out call answering every coalesced waiter with 504.
+timed-out call answering every coalesced waiter with 504. Last, an issued token that would break
+or smuggle a header (CR/LF, NUL, space, non-ASCII) is refused like any unusable answer.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+import pytest
 
 import exchange_scenarios as xs
 import harness as h
@@ -192,3 +195,31 @@ def assert_envoy_healthy_single(envoy: h.Envoy, host_errors_before: int) -> None
     log = envoy.log_text()
     for sign in TRAP_SIGNS:
         assert sign not in log, f"{sign!r} in the Envoy log:\n{envoy.log_tail()}"
+
+
+BAD_ISSUED_TOKENS = {
+    "crlf": "xt-issued\r\nx-injected: 1",
+    "lf": "xt-issued\nx-injected: 1",
+    "nul": "xt-issued\u0000x",
+    "space": "xt-issued x-injected",
+    "tab": "xt-issued\tx",
+    "non-ascii": "xt-issu\u00e9d",
+    "del": "xt-issued\u007f",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ISSUED_TOKENS))
+def test_issued_token_that_is_not_a_clean_bearer_token_is_a_502(
+    exchange, sts, backend, unique, new_subject, case
+):
+    token = BAD_ISSUED_TOKENS[case]
+    subject = new_subject()
+    sts.script(subject, h.StsAnswer.token(access_token=token, token_type="Bearer",
+                                          issued_token_type=h.ACCESS_TOKEN_URN, expires_in=300))
+    path = unique("/corp/")
+    with h.CounterDelta(exchange, xs.COUNTERS) as d:
+        resp = h.request(exchange.port("te"), path, [("authorization", f"Bearer {subject}")])
+
+    xs.assert_exchange_error(resp, 502, "bad_gateway", secrets=[subject, "xt-issued", "x-injected"])
+    sc.assert_backend_not_called(backend, path)
+    assert d.delta() == xs.deltas(cache_miss=1, bad_response=1)
