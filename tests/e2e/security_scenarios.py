@@ -13,6 +13,9 @@ Listeners:
   recording backend (``github-mcp``, ``internal``, ``public``), tokens from set_metadata or from
   the HTTP ext_authz service (``keyPrefix``); what the client sends must not change which
   credential a backend receives.
+* ``reroute``: an operator mistake pinned on purpose: a route that matches on ``x-api-key``, the
+  header the filter injects for ``internal``. A wasm filter that changes request headers makes
+  Envoy pick the route again, so the request moves to that route's backend with the key.
 """
 
 from __future__ import annotations
@@ -228,6 +231,23 @@ def security_config(
                 ],
             ),
             choice_virtual_hosts(),
+        ),
+        _with_virtual_hosts(
+            h.http_listener("reroute", [], [wasm_filter(CHOICE_CONFIG)]),
+            [
+                {
+                    "name": "reroute",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "name": "has_api_key",
+                            "match": {"prefix": "/reroute/", "headers": [{"name": "x-api-key", "present_match": True}]},
+                            "route": {"cluster": "public", "timeout": "5s"},
+                        },
+                        h.route("/reroute/", "internal", backend="internal"),
+                    ],
+                }
+            ],
         ),
         _with_virtual_hosts(
             h.http_listener(

@@ -234,3 +234,20 @@ def test_rejected_gateway_token_with_forged_upstream_tokens_is_denied_by_ext_aut
     assert resp.status == 401, resp.describe()
     assert resp.json() == {"error": "gateway token rejected"}, resp.describe()
     assert receivers(choice_backends, trick_id) == {}
+
+
+def test_route_matching_on_a_header_the_filter_sets_moves_the_request_after_injection(
+    security, choice_backends
+):
+    """Pins Envoy's behaviour behind SECURITY.md's operator checklist: when a filter changes
+    request headers, Envoy selects the route again. A route matching on ``x-api-key`` (the header
+    header_injection sets for ``internal``) then takes the request, with the internal key, to the
+    ``public`` backend. The filter cannot prevent this; the routes must not match on headers it
+    sets. (A cluster filter runs after routing and is not affected.)"""
+    trick_id = f"reroute-{next(_ids)}-{os.urandom(4).hex()}"
+    resp = h.request(security.port("reroute"), "/reroute/x", [(TRICK_HEADER, trick_id)])
+
+    assert resp.status == 200, resp.describe()
+    got = receivers(choice_backends, trick_id)
+    assert list(got) == ["public"], got
+    assert got["public"][0].values("x-api-key") == [sc.INTERNAL_KEY]
