@@ -103,6 +103,9 @@ class RecordedRequest:
 class _RecordingServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: dozens of connections Envoy opens at once (many
+    # concurrent STS calls) would overflow it and fail to connect, a 503 that is the test's doing
+    request_queue_size = 128
 
 
 class _RecordingHandler(http.server.BaseHTTPRequestHandler):

@@ -132,16 +132,18 @@ def test_vm_trap_with_fail_open_passes_later_requests_on_unfiltered_with_the_gat
     """Why every example sets FAIL_CLOSED: with FAIL_OPEN a failed VM is skipped, and the
     client's gateway token, which the filter would have removed, reaches the backend."""
     token = f"gw-fail-open-{os.urandom(4).hex()}"
+    trapped, passed = (503, []), (200, [[f"Bearer {token}"]])
     outcomes = []
-    for _ in range(10):
+    while len(outcomes) < 30 and outcomes[-3:] != [passed] * 3:
         path = unique("/open/")
         resp = h.request(trapping.port("open"), path, [("authorization", f"Bearer {token}")])
         outcomes.append((resp.status, [r.values("authorization") for r in backend.requests_for(path)]))
 
-    # the requests that trapped got 503; once both workers' VMs failed, the rest pass through
-    assert outcomes[0] == (503, []), outcomes
-    assert outcomes[-1] == (200, [[f"Bearer {token}"]]), outcomes
-    assert {s for s, _ in outcomes} == {503, 200}, outcomes
+    # a request that traps gets 503 (one per worker's VM at most); after it, that worker skips
+    # the filter and the request reaches the backend with the client's own token
+    assert outcomes[0] == trapped, outcomes
+    assert set(map(repr, outcomes)) <= {repr(trapped), repr(passed)}, outcomes
+    assert outcomes.count(trapped) <= 2 and outcomes[-1] == passed, outcomes
 
 
 # --------------------------------------------------------------------------------------------
