@@ -16,8 +16,8 @@ Config reload. Listeners and clusters come from files (LDS/CDS ``path_config_sou
 ``watched_directory``), replaced atomically (write, then rename). A bad update (a config the
 filter refuses, invalid JSON, a missing, broken or trapping module; for the listener and for the
 cluster filter) is rejected: ``lds``/``cds`` ``update_rejected`` moves, ``/config_dump`` still
-shows the last good version (with the rejection in ``error_state``), and requests keep being served
-by it. A good update afterwards takes effect, so the watch is really live.
+shows the last good version (with the rejection in ``error_state``), requests keep being served
+by it, and no wasm VM is left behind (Envoy's VM gauges). A good update afterwards takes effect, so the watch is really live.
 """
 
 from __future__ import annotations
@@ -355,6 +355,7 @@ def test_listener_update_with_a_bad_filter_is_rejected_and_the_old_one_keeps_ser
 ):
     reloader.assert_serving(unique)
     rejected_counter = reloader.envoy.counter("config.rejected")
+    vms = live_vms(reloader.envoy)
     config, module = bad_updates(modules)[bad]
 
     reloader.push("lds", reloader.listener(config, module), "rejected")
@@ -366,7 +367,15 @@ def test_listener_update_with_a_bad_filter_is_rejected_and_the_old_one_keeps_ser
     if bad in ("refused-by-validation", "invalid-json"):
         # the filter's own counter of refused configurations moved too
         assert reloader.envoy.counter("config.rejected") > rejected_counter
+    # a VM a rejected update created (to run the filter's validation) is not left behind
+    assert live_vms(reloader.envoy) == vms
     assert reloader.envoy.admin_get("/ready") == (200, "LIVE\n")
+
+
+def live_vms(envoy: h.Envoy) -> dict[str, int]:
+    """Envoy's gauges of wasm VMs alive (``created`` is a counter and may grow)."""
+    stats = envoy.stats("wasm.")
+    return {k: stats.get(k, -1) for k in ("wasm.envoy.wasm.runtime.v8.active", "wasm.wasm_vm_count")}
 
 
 @pytest.mark.parametrize("bad", ["refused-by-validation", "invalid-json", "missing-module"])
