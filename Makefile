@@ -14,6 +14,7 @@ SETUP_STAMP := $(VENV)/.setup-stamp
 BENCH_TARGET := target/bench
 NOOP_WASM   := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_noop.wasm
 INJECT_WASM := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_inject.wasm
+NAIVE_WASM  := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_naive.wasm
 
 .PHONY: help setup build cli test test-unit test-e2e lint run bench bench-micro soak clean
 
@@ -56,7 +57,8 @@ bench: build ## Benchmarks in a real Envoy, side by side with no filter, Lua, cr
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	cd bench/noop && CARGO_TARGET_DIR=$(CURDIR)/$(BENCH_TARGET) cargo build --release --target $(WASM_TARGET)
 	cd bench/inject && CARGO_TARGET_DIR=$(CURDIR)/$(BENCH_TARGET) cargo build --release --target $(WASM_TARGET)
-	ENVOY_BIN=$(ENVOY) WASM_PATH=$(CURDIR)/$(WASM) NOOP_WASM=$(CURDIR)/$(NOOP_WASM) INJECT_WASM=$(CURDIR)/$(INJECT_WASM) $(PY) bench/run.py
+	cd bench/naive && CARGO_TARGET_DIR=$(CURDIR)/$(BENCH_TARGET) cargo build --release --target $(WASM_TARGET)
+	ENVOY_BIN=$(ENVOY) WASM_PATH=$(CURDIR)/$(WASM) NOOP_WASM=$(CURDIR)/$(NOOP_WASM) INJECT_WASM=$(CURDIR)/$(INJECT_WASM) NAIVE_WASM=$(CURDIR)/$(NAIVE_WASM) $(PY) bench/run.py
 
 bench-micro: ## Micro-benchmarks of the hot pure functions (cargo bench)
 	cargo bench --bench hot_path

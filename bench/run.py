@@ -37,6 +37,7 @@ ENVOY = os.environ.get("ENVOY_BIN", "")
 WASM = os.environ.get("WASM_PATH", "")
 NOOP_WASM = os.environ.get("NOOP_WASM", "")
 INJECT_WASM = os.environ.get("INJECT_WASM", "")
+NAIVE_WASM = os.environ.get("NAIVE_WASM", "")
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
@@ -181,6 +182,8 @@ class Arm:
     backend_filters: list | None = None
     secrets: list = field(default_factory=list)
     wrk_script: str | None = None
+    # The cheapest-inject arm in the same placement, for the "× cheapest wasm inject" ratio.
+    yardstick: str = "inject"
     env: dict = field(default_factory=dict)
     port: int = 0
     admin: int = 0
@@ -205,7 +208,11 @@ def arms(upstream_port: int, sts_port: int) -> list[Arm]:
         Arm("oa", "outgoing-auth upstream_inject (listener)", [SET_METADATA, wasm_filter(WASM, inject_config()), ROUTER]),
         Arm("oa_cluster_name", "outgoing-auth upstream_inject, backendNameSources [clusterName] (listener)", [SET_METADATA, wasm_filter(WASM, inject_config(sources=["clusterName"])), ROUTER]),
         Arm("oa_default", "outgoing-auth upstream_inject, default strategy only (listener)", [SET_METADATA, wasm_filter(WASM, inject_config(backends=False)), ROUTER]),
-        Arm("oa_upstream", "outgoing-auth upstream_inject (cluster upstream filter)", [SET_METADATA, ROUTER], backend_filters=[wasm_filter(WASM, inject_config())]),
+        Arm("inject_upstream", "cheapest possible wasm inject (cluster upstream filter)", [SET_METADATA, ROUTER], backend_filters=[wasm_filter(INJECT_WASM)],
+            yardstick="inject_upstream"),
+        Arm("oa_upstream", "outgoing-auth upstream_inject (cluster upstream filter)", [SET_METADATA, ROUTER], backend_filters=[wasm_filter(WASM, inject_config())],
+            yardstick="inject_upstream"),
+        Arm("naive", "naive wasm inject: whole Struct read and decoded, paths built per request (listener)", [SET_METADATA, wasm_filter(NAIVE_WASM), ROUTER]),
         Arm("lua", "Lua filter doing the same inject", [SET_METADATA, {
             "name": "envoy.filters.http.lua",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua", "default_source_code": {"inline_string": LUA_INJECT}},
@@ -386,7 +393,7 @@ def stop(proc: subprocess.Popen | None) -> None:
 
 
 def main() -> int:
-    for name, value in [("ENVOY_BIN", ENVOY), ("WASM_PATH", WASM), ("NOOP_WASM", NOOP_WASM), ("INJECT_WASM", INJECT_WASM)]:
+    for name, value in [("ENVOY_BIN", ENVOY), ("WASM_PATH", WASM), ("NOOP_WASM", NOOP_WASM), ("INJECT_WASM", INJECT_WASM), ("NAIVE_WASM", NAIVE_WASM)]:
         if not value or not Path(value).exists():
             print(f"bench: {name} must name an existing file (run through `make bench`)", file=sys.stderr)
             return 2
@@ -397,7 +404,7 @@ def main() -> int:
     upstream_port, sts_port, upstream_admin = free_port(), free_port(), free_port()
     upstream = start_envoy(upstream_bootstrap(upstream_admin, upstream_port, sts_port), workdir, "upstream", 1, upstream_admin)
     selected = os.environ.get("BENCH_ARMS")
-    all_arms = [a for a in arms(upstream_port, sts_port) if not selected or a.key in selected.split(",") or a.key in ("none", "inject")]
+    all_arms = [a for a in arms(upstream_port, sts_port) if not selected or a.key in selected.split(",") or a.key in ("none", "inject", "inject_upstream")]
     try:
         for arm in all_arms:
             arm.port, arm.admin = free_port(), free_port()
@@ -419,7 +426,7 @@ def main() -> int:
                 arm.non2xx += r["non2xx"]
             for arm in all_arms:
                 arm.ratio_none.append(results[arm.key]["rps"] / results["none"]["rps"])
-                arm.ratio_inject.append(results[arm.key]["rps"] / results["inject"]["rps"])
+                arm.ratio_inject.append(results[arm.key]["rps"] / results[arm.yardstick]["rps"])
             print(f"bench: round {rnd + 1}/{ROUNDS}: " + ", ".join(f"{a.key} {results[a.key]['rps']:.0f}/s" for a in all_arms), flush=True)
         for arm in all_arms:
             arm.rss_mib = rss_mib(arm.proc.pid)
@@ -447,7 +454,7 @@ def main() -> int:
         "divided by the requests it served: unlike throughput it barely moves when something else "
         "loads the machine, so it is the steadier measure of what each filter costs.",
         "",
-        "| arm | req/s (median) | p50 µs | p99 µs | × no filter | × cheapest wasm inject | Envoy CPU µs/request | added CPU µs/request | RSS MiB | non-2xx |",
+        "| arm | req/s (median) | p50 µs | p99 µs | × no filter | × cheapest wasm inject (same placement) | Envoy CPU µs/request | added CPU µs/request | RSS MiB | non-2xx |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     none_cpu = statistics.median(by_key["none"].cpu_us)
