@@ -21,7 +21,6 @@ import base64
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -202,18 +201,8 @@ class Authgent(AuthgentApi):
         )
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self.proc is not None:
-            h.untrack_process(self.proc)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        h.stop_process(self.proc, self._log_file)
+        self._log_file = None
 
     def __enter__(self) -> "Authgent":
         return self.start()

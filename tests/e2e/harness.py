@@ -650,6 +650,21 @@ def untrack_process(proc: subprocess.Popen) -> None:
     _running.discard(proc)
 
 
+def stop_process(proc: subprocess.Popen | None, log_file) -> None:
+    """SIGTERM, then SIGKILL after 5 s; forget the process and close its log file."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    if proc is not None:
+        untrack_process(proc)
+    if log_file is not None:
+        log_file.close()
+
+
 @atexit.register
 def _kill_leftovers() -> None:
     for proc in list(_running):
@@ -776,18 +791,8 @@ class Envoy:
             ) from None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self.proc is not None:
-            _running.discard(self.proc)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        stop_process(self.proc, self._log_file)
+        self._log_file = None
 
     def __enter__(self) -> "Envoy":
         return self.start()
