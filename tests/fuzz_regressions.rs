@@ -70,6 +70,16 @@ fn cache_entry_inputs() {
     replay("cache_entry", checks::cache_entry);
 }
 
+#[test]
+fn typed_metadata_inputs() {
+    replay("typed_metadata", checks::typed_metadata);
+}
+
+#[test]
+fn providers_summary_inputs() {
+    replay("providers_summary", checks::providers_summary);
+}
+
 // ---- Bugs the fuzzers found, pinned by name as well as by their inputs above.
 
 /// config_load: an unknown field's name went into the problem's JSON path unquoted, so a name

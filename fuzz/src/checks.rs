@@ -15,7 +15,7 @@
 use outgoing_auth::cache::{self, CacheKey, CacheSettings};
 use outgoing_auth::config::{
     self, Config, Secret, SecretSource, Strategy, SubjectTokenType, TokenExchange, TokenLayout,
-    TokenUrl,
+    TokenSource, TokenUrl,
 };
 use outgoing_auth::exchange::{self, ExchangeFailure};
 use outgoing_auth::metadata::{self, TokenProblem};
@@ -1122,6 +1122,62 @@ pub fn cache_entry(data: &[u8]) {
             settings.ttl_secs(expires_in),
             ttl,
             "ttl_secs({expires_in:?})"
+        );
+    }
+}
+
+/// `metadata::value_kind_at` reads Envoy's typed metadata (a protobuf) to tell a string token from
+/// a number whose 8 bytes spell visible ASCII. The first input byte picks the token path, the rest
+/// is the protobuf: whatever it holds, the reader answers (or gives up) without panicking.
+pub fn typed_metadata(data: &[u8]) {
+    const PATHS: [&[u8]; 4] = [
+        b"metadata\0filter_metadata\0envoy.filters.http.ext_authz\0upstream_tokens\0github",
+        b"metadata\0filter_metadata\0envoy.filters.http.ext_authz\0x-upstream-token-github",
+        b"metadata\0filter_metadata\0ns",
+        b"not-a-metadata-path",
+    ];
+    let Some((&pick, typed)) = data.split_first() else {
+        return;
+    };
+    let path = PATHS[usize::from(pick) % PATHS.len()];
+    let kind = metadata::value_kind_at(typed, path);
+    if path == PATHS[3] {
+        assert_eq!(
+            kind, None,
+            "a path outside metadata.filter_metadata has no kind"
+        );
+    }
+}
+
+/// The provider list of the missing-token log line: at most `LISTED_PROVIDERS` names, every
+/// name escaped so no key can break the line.
+pub fn providers_summary(data: &[u8]) {
+    let Ok(pairs) = metadata::decode_pairs(data) else {
+        return;
+    };
+    for source in [
+        TokenSource::default(),
+        TokenSource {
+            layout: TokenLayout::KeyPrefix {
+                prefix: "x-upstream-token-".into(),
+            },
+            ..TokenSource::default()
+        },
+    ] {
+        let line = metadata::providers_summary(&source, &pairs, metadata::LISTED_PROVIDERS);
+        assert!(
+            !line.bytes().any(|b| b == b'\n' || b == b'\r' || b == 0),
+            "a provider name breaks the log line: {line:?}"
+        );
+        let listed = pairs.len().min(metadata::LISTED_PROVIDERS);
+        let longest = pairs
+            .iter()
+            .map(|(k, _)| k.len() * 10 + 4)
+            .max()
+            .unwrap_or(0);
+        assert!(
+            line.len() <= 64 + listed * longest,
+            "the summary is not bounded by the listed names"
         );
     }
 }
