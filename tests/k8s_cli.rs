@@ -1854,3 +1854,74 @@ fn readme_convert_examples_are_the_real_output() {
     }
     assert!(checked >= 5, "only {checked} README examples checked");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Where the auth filter leaves the tokens (authServer.tokens)
+
+#[test]
+fn token_location_flags_become_auth_server_tokens_and_validate() {
+    use outgoing_auth::config::TokenLayout;
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--default",
+            "github",
+            "--upstreams",
+            "github",
+            "--metadata-namespace",
+            "com.example.auth",
+            "--key-prefix",
+            "x-upstream-token-",
+        ],
+        &yaml_docs(&[github()]),
+    )
+    .ok();
+    assert_eq!(
+        out.json()["authServer"],
+        json!({"upstreams": ["github"],
+               "tokens": {"metadataNamespace": "com.example.auth", "keyPrefix": "x-upstream-token-"}})
+    );
+    let tokens = loads(&out.stdout, &[]).auth_server.unwrap().tokens;
+    assert_eq!(tokens.namespace, "com.example.auth");
+    assert_eq!(
+        tokens.layout,
+        TokenLayout::KeyPrefix {
+            prefix: "x-upstream-token-".into()
+        }
+    );
+}
+
+#[test]
+fn both_metadata_key_and_key_prefix_fail_with_the_filters_rule() {
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--default",
+            "github",
+            "--upstreams",
+            "github",
+            "--metadata-key",
+            "upstream_tokens",
+            "--key-prefix",
+            "x-upstream-token-",
+        ],
+        &yaml_docs(&[github()]),
+    )
+    .failed();
+    assert!(out.stderr.contains("[S-12]"), "{}", out.stderr);
+    assert!(out.stderr.contains("--key-prefix"), "{}", out.stderr);
+}
+
+#[test]
+fn token_location_without_upstreams_is_an_error() {
+    let out = cli(
+        &["convert", "-f", "-", "--key-prefix", "x-upstream-token-"],
+        &yaml_docs(&[github()]),
+    )
+    .failed();
+    assert!(out.stderr.contains("--upstreams"), "{}", out.stderr);
+}

@@ -99,6 +99,11 @@ Mapping:
                                  puts into dynamic metadata (needed by upstreamInject and
                                  subjectProviderName; default: the VirtualMCPServer's
                                  spec.authServerConfig.upstreamProviders)
+      --metadata-namespace <NS>  authServer.tokens: where the auth filter leaves the upstream
+      --metadata-key <KEY>       tokens (defaults: envoy.filters.http.ext_authz, upstream_tokens);
+      --key-prefix <PREFIX>      --key-prefix instead of --metadata-key for one entry per provider,
+                                 as HTTP ext_authz dynamic_metadata_from_headers writes them
+                                 (e.g. x-upstream-token-)
       --sts-cluster <[RESOURCE=]NAME>
                                  The Envoy cluster a token exchange calls, for all or for one
                                  resource (default: the tokenUrl host; for istio
@@ -493,6 +498,15 @@ fn convert_command(args: &[String], io: &mut Io<'_>) -> i32 {
                         return Err(format!("{f} needs at least one provider name (a,b)"));
                     }
                     opts.upstreams = Some(list);
+                }
+                Arg::Flag(f @ "--metadata-namespace", v) => {
+                    opts.tokens.metadata_namespace = Some(parsed.value(f, v)?.to_owned());
+                }
+                Arg::Flag(f @ "--metadata-key", v) => {
+                    opts.tokens.metadata_key = Some(parsed.value(f, v)?.to_owned());
+                }
+                Arg::Flag(f @ "--key-prefix", v) => {
+                    opts.tokens.key_prefix = Some(parsed.value(f, v)?.to_owned());
                 }
                 Arg::Flag(f @ "--sts-cluster", v) => {
                     let value = parsed.value(f, v)?;

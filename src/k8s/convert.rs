@@ -28,6 +28,8 @@ pub struct Options {
     pub default: Option<String>,
     /// `--upstreams a,b`.
     pub upstreams: Option<Vec<String>>,
+    /// `--metadata-namespace`, `--metadata-key`, `--key-prefix`: `authServer.tokens`.
+    pub tokens: TokensOut,
     /// `--sts-cluster NAME`: the Envoy cluster of every token exchange.
     pub sts_cluster: Option<String>,
     /// `--sts-cluster RESOURCE=NAME`.
@@ -58,6 +60,27 @@ pub struct FilterConfig {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuthServerOut {
     pub upstreams: Vec<String>,
+    /// Where the auth filter leaves the tokens; omitted when every field keeps its default.
+    #[serde(skip_serializing_if = "TokensOut::is_default")]
+    pub tokens: TokensOut,
+}
+
+/// `authServer.tokens`, as given on the command line (unset fields keep the filter's defaults).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokensOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata_namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+}
+
+impl TokensOut {
+    pub fn is_default(&self) -> bool {
+        *self == TokensOut::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -728,14 +751,25 @@ pub fn convert(resources: &[Resource], opts: &Options) -> Result<Conversion, Vec
         }
         (None, None) => None,
     };
+    if upstreams.is_none() && !opts.tokens.is_default() {
+        diags.push(
+            Diagnostic::error(
+                "--metadata-namespace/--metadata-key/--key-prefix".to_owned(),
+                "the token location is part of authServer, which only exists with upstream \
+                 providers",
+            )
+            .with_hint("pass --upstreams too (or a VirtualMCPServer with upstreamProviders)"),
+        );
+    }
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
     }
 
     let config = FilterConfig {
-        auth_server: upstreams
-            .clone()
-            .map(|upstreams| AuthServerOut { upstreams }),
+        auth_server: upstreams.clone().map(|upstreams| AuthServerOut {
+            upstreams,
+            tokens: opts.tokens.clone(),
+        }),
         outgoing_auth: OutgoingAuthOut {
             source: "inline",
             default: default.as_ref().map(|(s, _)| s.clone()),
@@ -765,6 +799,9 @@ pub fn convert(resources: &[Resource], opts: &Options) -> Result<Conversion, Vec
             if path.starts_with(&format!("outgoingAuth.backends[{}]", quote(name))) {
                 return format!("{origin} (backend {})", quote(name));
             }
+        }
+        if path.starts_with("authServer.tokens") {
+            return "--metadata-namespace/--metadata-key/--key-prefix".to_owned();
         }
         if path.starts_with("authServer") {
             return "--upstreams".to_owned();
