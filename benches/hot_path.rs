@@ -89,6 +89,7 @@ fn main() {
         let plan = plans.for_backend(Some(b"github-mcp"));
         let view = RequestView {
             upstream_token: Ok(Some(black_box(TOKEN))),
+            typed_string: None,
             authorization: None,
         };
         black_box(plan.decide(view, 16 * 1024).is_ok());

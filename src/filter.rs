@@ -92,12 +92,14 @@ impl Runtime {
         } else {
             None
         };
+        let upstream_token = token.as_ref().map(Option::as_deref).map_err(|_| ());
         let view = RequestView {
-            upstream_token: token.as_ref().map(Option::as_deref).map_err(|_| ()),
+            upstream_token,
+            typed_string: typed_string(plan, upstream_token),
             authorization: authorization.as_deref(),
         };
-        let result = refuse_numbers(plan, view.upstream_token)
-            .and_then(|()| plan.decide(view, self.plans.tokens.max_token_bytes))
+        let result = plan
+            .decide(view, self.plans.tokens.max_token_bytes)
             .and_then(|decision| match decision {
                 Decision::Forward(edit) => {
                     self.forward(&edit)?;
@@ -248,15 +250,10 @@ impl Runtime {
 
     /// A backend answered 401 to an exchanged token: drop it so the next request exchanges anew.
     fn evict(&self, key: &CacheKey) {
-        if self.cache.max_entries == 0 {
-            return;
-        }
-        let slot = key.slot_name(&self.cache);
-        let holds = host::shared_data(&slot)
-            .ok()
-            .flatten()
+        let holds = self
+            .cache_entry(key)
             .is_some_and(|entry| cache::holds(&entry, key));
-        if holds && host::set_shared_data(&slot, &[]).is_ok() {
+        if holds && host::set_shared_data(&key.slot_name(&self.cache), &[]).is_ok() {
             self.count(Counter::ExchangeCacheEvicted);
         }
     }
@@ -484,28 +481,21 @@ impl HttpContext for Filter {
     }
 }
 
-/// Refuses an upstream token that is really a Struct number: a number reaches the module as its
-/// 8 raw `f64` bytes, which can all be visible ASCII, so an 8-byte token is only used when the
-/// typed metadata says it is a string (one more host call, for 8-byte values only). Anything
-/// else, or a typed read that fails, counts as not a usable token.
-fn refuse_numbers(plan: &Plan, raw: Result<Option<&[u8]>, ()>) -> Result<(), AuthError> {
+/// Whether the typed metadata says the upstream token is a string: read (one more host call)
+/// only for the 8-byte values that could be a Struct number; `None` otherwise, or when the
+/// typed read fails (the decision then refuses such a value).
+fn typed_string(plan: &Plan, raw: Result<Option<&[u8]>, ()>) -> Option<bool> {
     let (Some(upstream), Ok(Some(raw))) = (plan.upstream(), raw) else {
-        return Ok(());
+        return None;
     };
     if !metadata::may_be_number(raw) {
-        return Ok(());
+        return None;
     }
     let kind = host::get_property(metadata::TYPED_METADATA_PATH)
         .ok()
         .flatten()
         .and_then(|typed| metadata::value_kind_at(&typed, &upstream.token_path));
-    if kind == Some(metadata::ValueKind::String) {
-        return Ok(());
-    }
-    Err(AuthError::UpstreamTokenNotFound {
-        provider: upstream.provider.clone(),
-        problem: metadata::TokenProblem::NotACredential,
-    })
+    Some(kind == Some(metadata::ValueKind::String))
 }
 
 /// The first backend name that exists, trying the configured sources in order.

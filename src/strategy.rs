@@ -46,14 +46,24 @@ impl UpstreamRef {
         }
     }
 
-    /// The usable token in what the host read, or ToolHive's sentinel error.
+    /// The usable token in what the host read, or ToolHive's sentinel error. A value that may be
+    /// a Struct number ([`metadata::may_be_number`]) is used only if the typed metadata said it
+    /// is a string.
     fn token<'t>(
         &self,
-        raw: Result<Option<&'t [u8]>, ()>,
+        view: &RequestView<'t>,
         max_token_bytes: usize,
     ) -> Result<&'t str, AuthError> {
-        raw.map_err(|()| TokenProblem::Unreadable)
+        view.upstream_token
+            .map_err(|()| TokenProblem::Unreadable)
             .and_then(|raw| metadata::check_token(raw, max_token_bytes))
+            .and_then(|token| {
+                if metadata::may_be_number(token.as_bytes()) && view.typed_string != Some(true) {
+                    Err(TokenProblem::NotACredential)
+                } else {
+                    Ok(token)
+                }
+            })
             .map_err(|problem| AuthError::UpstreamTokenNotFound {
                 provider: self.provider.clone(),
                 problem,
@@ -69,10 +79,13 @@ pub struct ExchangePlan {
 }
 
 /// What the host read for a plan: the value at [`Plan::token_path`] (`Err` when the read
-/// failed) and, when [`Plan::needs_client_bearer`], the client's `Authorization` header.
+/// failed), whether the typed metadata says that value is a string (read only when
+/// [`metadata::may_be_number`] says it could be a number; `None` otherwise or when unreadable)
+/// and, when [`Plan::needs_client_bearer`], the client's `Authorization` header.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'t> {
     pub upstream_token: Result<Option<&'t [u8]>, ()>,
+    pub typed_string: Option<bool>,
     pub authorization: Option<&'t [u8]>,
 }
 
@@ -179,7 +192,7 @@ impl Plan {
                 counter: Counter::HeaderInjected,
             })),
             Plan::InjectUpstream(upstream) => {
-                let token = upstream.token(view.upstream_token, max_token_bytes)?;
+                let token = upstream.token(&view, max_token_bytes)?;
                 Ok(Decision::Forward(Edit::bearer(
                     token,
                     Counter::UpstreamInjected,
@@ -187,7 +200,7 @@ impl Plan {
             }
             Plan::Exchange(plan) => {
                 let subject = match &plan.subject_from {
-                    Some(upstream) => upstream.token(view.upstream_token, max_token_bytes)?,
+                    Some(upstream) => upstream.token(&view, max_token_bytes)?,
                     None => view
                         .authorization
                         .and_then(http::bearer_token)
@@ -308,6 +321,7 @@ mod tests {
     fn view<'t>(token: Option<&'t [u8]>, authorization: Option<&'t [u8]>) -> RequestView<'t> {
         RequestView {
             upstream_token: Ok(token),
+            typed_string: None,
             authorization,
         }
     }
@@ -525,6 +539,7 @@ mod tests {
         let plan = inject("github");
         let unreadable = RequestView {
             upstream_token: Err(()),
+            typed_string: None,
             authorization: None,
         };
         assert_eq!(
@@ -539,6 +554,34 @@ mod tests {
             plan.decide(view(Some(b"toolong"), None), 3).unwrap_err(),
             not_found("github", TokenProblem::TooLong { len: 7, max: 3 })
         );
+    }
+
+    #[test]
+    fn an_eight_byte_token_needs_the_typed_metadata_to_say_string() {
+        // 2261634.745587397 as a Struct number reads as these 8 bytes.
+        let plan = inject("github");
+        let number_like = b"gho_AAAA";
+        for typed_string in [None, Some(false)] {
+            let view = RequestView {
+                upstream_token: Ok(Some(number_like)),
+                typed_string,
+                authorization: None,
+            };
+            assert_eq!(
+                plan.decide(view, 100).unwrap_err(),
+                not_found("github", TokenProblem::NotACredential),
+                "{typed_string:?}"
+            );
+        }
+        let confirmed = RequestView {
+            upstream_token: Ok(Some(number_like)),
+            typed_string: Some(true),
+            authorization: None,
+        };
+        let edit = forward(plan.decide(confirmed, 100).unwrap());
+        assert_eq!(edit.set, Some(("authorization", "Bearer gho_AAAA".into())));
+        // Any other length never needs the typed metadata.
+        assert!(plan.decide(view(Some(b"gho_AAAAA"), None), 100).is_ok());
     }
 
     // ToolHive tokenexchange_test.go: how the subject is chosen.
