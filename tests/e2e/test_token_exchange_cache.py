@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import socket
 import threading
 import time
@@ -245,28 +247,34 @@ def send_without_reading(port: int, path: str, subject: str) -> socket.socket:
     return conn
 
 
+def concurrent_misses(exchange_single, sts, unique, subject, n, answer):
+    """``n`` concurrent requests with the same subject while the STS holds ``answer`` back until
+    all ``n`` reached the filter: returns their paths and responses."""
+    release = threading.Event()
+    sts.script(subject, dataclasses.replace(answer, hold=release))
+    paths = [unique("/corp/") for _ in range(n)]
+    misses_before = exchange_single.counter(xs.CACHE_MISS)
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        try:
+            futures = [
+                pool.submit(h.request, exchange_single.port("te"), p, bearer(subject)) for p in paths
+            ]
+            wait_until(
+                f"{n} requests to reach the filter",
+                lambda: exchange_single.counter(xs.CACHE_MISS) - misses_before >= n,
+            )
+        finally:
+            release.set()
+        return paths, [f.result() for f in futures]
+
+
 def test_concurrent_misses_for_one_subject_share_one_sts_call(
     exchange_single, sts, backend, unique, new_subject
 ):
     n = 8
     subject = new_subject()
-    release = threading.Event()
-    sts.script(subject, h.StsAnswer(hold=release))
-    paths = [unique("/corp/") for _ in range(n)]
     with h.CounterDelta(exchange_single, xs.COUNTERS) as d:
-        misses_before = exchange_single.counter(xs.CACHE_MISS)
-        with ThreadPoolExecutor(max_workers=n) as pool:
-            try:
-                futures = [
-                    pool.submit(h.request, exchange_single.port("te"), p, bearer(subject)) for p in paths
-                ]
-                wait_until(
-                    f"{n} requests to reach the filter",
-                    lambda: exchange_single.counter(xs.CACHE_MISS) - misses_before >= n,
-                )
-            finally:
-                release.set()
-            responses = [f.result() for f in futures]
+        paths, responses = concurrent_misses(exchange_single, sts, unique, subject, n, h.StsAnswer())
 
     issued = sts.issued_for(subject)
     assert len(sts.calls_for(subject)) == 1
@@ -324,24 +332,9 @@ def test_concurrent_misses_share_one_failed_call_and_all_get_its_error(
 ):
     n = 4
     subject = new_subject()
-    release = threading.Event()
     rejected = h.StsAnswer.error(400, "invalid_grant")
-    sts.script(subject, h.StsAnswer(rejected.status, rejected.body, hold=release))
-    paths = [unique("/corp/") for _ in range(n)]
     with h.CounterDelta(exchange_single, xs.COUNTERS) as d:
-        misses_before = exchange_single.counter(xs.CACHE_MISS)
-        with ThreadPoolExecutor(max_workers=n) as pool:
-            try:
-                futures = [
-                    pool.submit(h.request, exchange_single.port("te"), p, bearer(subject)) for p in paths
-                ]
-                wait_until(
-                    f"{n} requests to reach the filter",
-                    lambda: exchange_single.counter(xs.CACHE_MISS) - misses_before >= n,
-                )
-            finally:
-                release.set()
-            responses = [f.result() for f in futures]
+        paths, responses = concurrent_misses(exchange_single, sts, unique, subject, n, rejected)
 
     for resp in responses:
         xs.assert_exchange_error(resp, 401, "invalid_token", secrets=[subject])
