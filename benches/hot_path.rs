@@ -9,7 +9,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use outgoing_auth::cache::{CacheKey, CacheSettings};
+use outgoing_auth::cache::{CacheKey, CacheSettings, ExchangeScope};
 use outgoing_auth::config::{self, Strategy};
 use outgoing_auth::exchange;
 use outgoing_auth::metadata;
@@ -114,19 +114,19 @@ fn main() {
             ));
         },
     );
+    let scope = ExchangeScope::new(&te, &CacheSettings::default());
     bench(
-        "CacheKey::new (SHA-256 over the key fields)",
+        "CacheKey::new (SHA-256 over the scope and the subject)",
         measure,
         || {
             black_box(CacheKey::new(
-                &te,
+                &scope,
                 black_box("eyJhbGciOiJFUzI1NiJ9.payload.sig"),
             ));
         },
     );
-    let settings = CacheSettings::default();
-    let key = CacheKey::new(&te, "s");
+    let key = CacheKey::new(&scope, "s");
     bench("CacheKey::slot_name", measure, || {
-        black_box(black_box(key).slot_name(&settings));
+        black_box(black_box(key).slot_name(10_000));
     });
 }

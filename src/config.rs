@@ -39,7 +39,23 @@ pub struct Config {
     pub exchange_cache: CacheSettings,
     /// Where a request's backend name is looked up, in order (Envoy addition).
     pub backend_name_sources: Vec<BackendNameSource>,
+    /// Client credentials to remove before any backend (Envoy addition).
+    pub removal: CredentialRemoval,
 }
+
+/// `removeRequestHeaders` and `removeCookies`: client credentials (besides `Authorization` and
+/// `Proxy-Authorization`, always handled) that no backend receives.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CredentialRemoval {
+    /// Lower-case header names.
+    pub headers: Vec<String>,
+    /// Cookie names (case-sensitive, as cookies are).
+    pub cookies: Vec<String>,
+}
+
+/// At most this many names in each of `removeRequestHeaders` and `removeCookies`: each costs
+/// work on every request.
+pub const MAX_REMOVALS: usize = 64;
 
 /// A place the backend name of a request can come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,6 +360,8 @@ fn decode(
             "outgoingAuth",
             "exchangeCache",
             "backendNameSources",
+            "removeRequestHeaders",
+            "removeCookies",
         ],
     )?;
     let auth_server_value = top.get("authServer");
@@ -366,12 +384,17 @@ fn decode(
         None => CacheSettings::default(),
     };
     let backend_name_sources = d.backend_name_sources(&top);
+    let removal = CredentialRemoval {
+        headers: d.removal_list(&top, "removeRequestHeaders", RemovalKind::Header),
+        cookies: d.removal_list(&top, "removeCookies", RemovalKind::Cookie),
+    };
     Some(Decoded {
         config: Config {
             auth_server,
             outgoing_auth: outgoing_auth?,
             exchange_cache,
             backend_name_sources,
+            removal,
         },
         auth_server_broken,
     })
@@ -677,6 +700,56 @@ impl Decoder<'_, '_> {
         } else {
             sources
         }
+    }
+
+    /// `removeRequestHeaders` / `removeCookies`: distinct valid names, at most [`MAX_REMOVALS`].
+    fn removal_list(&mut self, top: &Obj<'_>, key: &str, kind: RemovalKind) -> Vec<String> {
+        let Some(names) = self.string_array(top, key) else {
+            return Vec::new();
+        };
+        let path = top.field(key);
+        if names.len() > MAX_REMOVALS {
+            self.problems.report(
+                Rule::S16,
+                &path,
+                format!(
+                    "{key} lists {} names; at most {MAX_REMOVALS} are allowed (each costs work on \
+                     every request)",
+                    names.len()
+                ),
+            );
+            return Vec::new();
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let item = format!("{path}[{i}]");
+            let normalized = match kind {
+                RemovalKind::Header => name.to_ascii_lowercase(),
+                RemovalKind::Cookie => name.clone(),
+            };
+            let problem = if !http::is_token(name) {
+                Some(format!(
+                    "{} is not a valid {} name (letters, digits and !#$%&'*+-.^_`|~ only)",
+                    quote(name),
+                    kind.what()
+                ))
+            } else if kind == RemovalKind::Header && http::is_reserved_header(name) {
+                Some(format!(
+                    "header {} is managed by Envoy (connection or framing) and cannot be removed",
+                    quote(name)
+                ))
+            } else if !seen.insert(normalized.clone()) {
+                Some(format!("{} is listed more than once", quote(name)))
+            } else {
+                None
+            };
+            match problem {
+                Some(message) => self.problems.report(Rule::S16, &item, message),
+                None => out.push(normalized),
+            }
+        }
+        out
     }
 
     fn exchange_cache(&mut self, v: &Value, path: &str) -> Option<CacheSettings> {
@@ -1065,6 +1138,21 @@ impl Decoder<'_, '_> {
             subject_provider_name,
             timeout_ms: timeout_ms?,
         })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RemovalKind {
+    Header,
+    Cookie,
+}
+
+impl RemovalKind {
+    fn what(self) -> &'static str {
+        match self {
+            RemovalKind::Header => "header",
+            RemovalKind::Cookie => "cookie",
+        }
     }
 }
 

@@ -17,6 +17,10 @@ pub enum AuthError {
     /// token_exchange of the client's own token, but the request has no usable bearer token.
     #[error("the request has no bearer token to exchange")]
     MissingBearer,
+    /// token_exchange of the client's own token, but its `Authorization` is not one RFC 6750
+    /// bearer token (for example two headers, which Envoy joins with a comma).
+    #[error("the request's Authorization header is not one bearer token")]
+    MalformedBearer,
     /// The token exchange failed.
     #[error("token exchange failed: {0}")]
     Exchange(ExchangeFailure),
@@ -46,6 +50,12 @@ impl AuthError {
                 401,
                 "invalid_token",
                 "a bearer token is required for this backend",
+                true,
+            ),
+            AuthError::MalformedBearer => oauth_error(
+                401,
+                "invalid_token",
+                "the Authorization header must carry exactly one bearer token",
                 true,
             ),
             AuthError::Exchange(failure) => {
@@ -174,6 +184,24 @@ mod tests {
             let challenged = reply.headers.iter().any(|(k, _)| *k == "www-authenticate");
             assert_eq!(challenged, status == 401);
         }
+    }
+
+    #[test]
+    fn a_malformed_bearer_is_a_401_challenge_that_echoes_nothing() {
+        let reply = AuthError::MalformedBearer.reply();
+        assert_eq!(reply.status, 401);
+        let challenge = reply
+            .headers
+            .iter()
+            .find(|(k, _)| *k == "www-authenticate")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(
+            challenge,
+            Some(
+                "Bearer error=\"invalid_token\", error_description=\"the Authorization header \
+                 must carry exactly one bearer token\""
+            )
+        );
     }
 
     #[test]

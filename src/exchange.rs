@@ -196,6 +196,25 @@ impl fmt::Display for ExchangeFailure {
     }
 }
 
+/// Envoy's timer and ours differ by a few milliseconds.
+const TIMER_SLACK_MS: u64 = 10;
+
+/// Why a call came back without a response (`num_headers == 0`), from the host's status message
+/// and how long after sending it did. Envoy answers a call that times out before the response
+/// headers with its own 504, but one whose body is still arriving when `timeoutMs` passes is
+/// reset: a reset at the deadline is the timeout.
+pub fn failed_call(host_message: &[u8], elapsed_ms: u64, timeout_ms: u64) -> ExchangeFailure {
+    if host_message.starts_with(b"exceeded response buffer limit") {
+        return ExchangeFailure::bad("the body is larger than the STS cluster's buffer limit");
+    }
+    if elapsed_ms.saturating_add(TIMER_SLACK_MS) >= timeout_ms {
+        return ExchangeFailure::Timeout;
+    }
+    ExchangeFailure::Unavailable {
+        reason: "the call was reset before a response".to_owned(),
+    }
+}
+
 /// Reads the STS answer. `status` is `None` when the call came back without headers (a reset);
 /// `body` is `None` when it was larger than [`MAX_RESPONSE_BYTES`] and left unread.
 pub fn parse_response(status: Option<u32>, body: Option<&[u8]>) -> Result<Issued, ExchangeFailure> {
@@ -353,6 +372,31 @@ mod tests {
             .iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn a_call_that_fails_at_its_deadline_timed_out() {
+        assert_eq!(
+            failed_call(b"reset", 1_000, 1_000),
+            ExchangeFailure::Timeout
+        );
+        assert_eq!(failed_call(b"reset", 995, 1_000), ExchangeFailure::Timeout);
+        assert_eq!(
+            failed_call(b"reset", 5_000, 1_000),
+            ExchangeFailure::Timeout
+        );
+        assert!(matches!(
+            failed_call(b"reset", 20, 1_000),
+            ExchangeFailure::Unavailable { .. }
+        ));
+        assert!(matches!(
+            failed_call(b"", 0, 1_000),
+            ExchangeFailure::Unavailable { .. }
+        ));
+        assert!(matches!(
+            failed_call(b"exceeded response buffer limit", 20, 1_000),
+            ExchangeFailure::BadResponse { .. }
+        ));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The proxy-wasm adapter: configuration loading and the request path. All decisions are made
 //! by the host-independent modules; this file only moves bytes between them and the host.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -17,9 +17,11 @@ use crate::error::AuthError;
 use crate::exchange::{self, ExchangeFailure, Issued, StsRequest};
 use crate::flights::{Departure, Flights};
 use crate::host;
+use crate::http;
 use crate::metadata;
 use crate::stats::Counter;
 use crate::strategy::{Decision, Edit, ExchangePlan, Plan, Plans, RequestView};
+use crate::stream::{self, StreamRecord};
 
 /// Metric ids, by [`Counter::index`]; `None` when the host refused to define one.
 type Counters = [Option<u32>; Counter::ALL.len()];
@@ -47,10 +49,13 @@ struct StsCall {
     cluster: String,
     request: StsRequest,
     timeout: Duration,
+    /// When it was last sent (Unix ms): a reset at the deadline is a timeout.
+    sent_at_ms: Cell<u64>,
 }
 
 impl StsCall {
     fn dispatch(&self) -> Result<u32, ExchangeFailure> {
+        self.sent_at_ms.set(host::now_ms().unwrap_or(0));
         let headers: Vec<(&str, &str)> = self
             .request
             .headers
@@ -81,26 +86,20 @@ impl Runtime {
     fn on_request_headers(&self, context_id: u32, exchange_key: &mut Option<CacheKey>) -> Action {
         let backend = backend_name(self.plans.backend_name_paths());
         let plan = self.plans.for_backend(backend.as_deref());
-        let token = match plan.token_path() {
-            Some(path) => host::get_property(path).map_err(|status| {
-                debug!("outgoing-auth: reading the upstream token failed: {status:?}");
-            }),
-            None => Ok(None),
-        };
-        let authorization = if plan.needs_client_bearer() {
-            host::request_header("authorization").ok().flatten()
-        } else {
-            None
-        };
-        let upstream_token = token.as_ref().map(Option::as_deref).map_err(|_| ());
-        let view = RequestView {
-            upstream_token,
-            typed_string: typed_string(plan, upstream_token),
-            authorization: authorization.as_deref(),
-        };
-        let result = plan
-            .decide(view, self.plans.tokens.max_token_bytes)
-            .and_then(|decision| match decision {
+        let result = self.start_from_client_request(plan).and_then(|record| {
+            let token = match plan.token_path() {
+                Some(path) => host::get_property(path).map_err(|status| {
+                    debug!("outgoing-auth: reading the upstream token failed: {status:?}");
+                }),
+                None => Ok(None),
+            };
+            let upstream_token = token.as_ref().map(Option::as_deref).map_err(|_| ());
+            let view = RequestView {
+                upstream_token,
+                typed_string: typed_string(plan, upstream_token),
+                authorization: record.client_authorization.as_deref(),
+            };
+            match plan.decide(view, self.plans.tokens.max_token_bytes)? {
                 Decision::Forward(edit) => {
                     self.forward(&edit)?;
                     Ok(Action::Continue)
@@ -108,12 +107,82 @@ impl Runtime {
                 Decision::Exchange { plan, subject } => {
                     self.exchange(plan, subject, context_id, exchange_key)
                 }
-            });
+            }
+        });
         result.unwrap_or_else(|err| {
             self.log_rejection(&err, plan, backend.as_deref());
             self.count(plan.rejection_counter(&err));
             reply(&err)
         })
+    }
+
+    /// Makes this run start from the client's original request, however often Envoy ran the
+    /// filter on it before (retries, internal redirects; see [`crate::stream`]): removes what
+    /// earlier runs set, and the client credentials no backend receives. Returns the record,
+    /// which holds the client's own `Authorization` when the configuration reads it.
+    fn start_from_client_request(&self, plan: &Plan) -> Result<StreamRecord, AuthError> {
+        let mut record = StreamRecord::default();
+        if self.plans.uses_stream_record() {
+            let stored = host::get_property(stream::PROPERTY.as_bytes())
+                .map_err(|_| host_error("read what earlier runs did to the request"))?;
+            let first_run = stored.is_none();
+            match stored.as_deref().map(StreamRecord::decode) {
+                None => {
+                    if self.plans.reads_client_bearer() {
+                        record.client_authorization = host::request_header("authorization")
+                            .map_err(|_| host_error("read the client's Authorization header"))?;
+                    }
+                }
+                Some(Some(earlier)) => {
+                    self.count(Counter::Rerun);
+                    for name in &earlier.set_headers {
+                        remove_header(name)?;
+                    }
+                    record = earlier;
+                }
+                Some(None) => return Err(host_error("read what earlier runs did to the request")),
+            }
+            let sets_new = plan.custom_header().is_some_and(|n| record.note_set(n));
+            if (first_run && self.plans.reads_client_bearer()) || sets_new {
+                host::set_property(stream::PROPERTY.as_bytes(), &record.encode())
+                    .map_err(|_| host_error("remember the client's request"))?;
+            }
+        }
+        self.remove_client_credentials()?;
+        Ok(record)
+    }
+
+    /// Removes `Proxy-Authorization`, the `removeRequestHeaders` and the `removeCookies`.
+    fn remove_client_credentials(&self) -> Result<(), AuthError> {
+        let removal = &self.plans.removal;
+        for name in &removal.headers {
+            remove_header(name)?;
+        }
+        if removal.cookies.is_empty() {
+            return Ok(());
+        }
+        // Most requests carry no cookie: one cheap read before reading every header.
+        let unreadable = |_| host_error("read the Cookie header");
+        if host::request_header("cookie")
+            .map_err(unreadable)?
+            .is_none()
+        {
+            return Ok(());
+        }
+        let all = host::request_header_pairs().map_err(unreadable)?;
+        let pairs =
+            metadata::decode_pairs(&all).map_err(|_| host_error("read the Cookie header"))?;
+        let cookies: Vec<&[u8]> = pairs
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case(b"cookie"))
+            .map(|(_, value)| *value)
+            .collect();
+        match http::without_cookies(&cookies, &removal.cookies) {
+            None => Ok(()),
+            Some(kept) if kept.is_empty() => remove_header("cookie"),
+            Some(kept) => host::set_request_header("cookie", &kept)
+                .map_err(|_| host_error("rewrite the Cookie header")),
+        }
     }
 
     fn forward(&self, edit: &Edit<'_>) -> Result<(), AuthError> {
@@ -130,7 +199,7 @@ impl Runtime {
         context_id: u32,
         exchange_key: &mut Option<CacheKey>,
     ) -> Result<Action, AuthError> {
-        let key = CacheKey::new(&plan.exchange, subject);
+        let key = CacheKey::new(&plan.scope, subject);
         *exchange_key = Some(key);
         if let Some(entry) = self.cache_entry(&key) {
             let now = host::now_ms().unwrap_or(u64::MAX);
@@ -148,6 +217,7 @@ impl Runtime {
             cluster: plan.exchange.cluster.clone(),
             request: exchange::build_request(&plan.exchange, subject),
             timeout: Duration::from_millis(plan.exchange.timeout_ms),
+            sent_at_ms: Cell::new(0),
         };
         call.dispatch().map_err(AuthError::Exchange)?;
         self.flights
@@ -161,7 +231,7 @@ impl Runtime {
         if self.cache.max_entries == 0 {
             return None;
         }
-        host::shared_data(&key.slot_name(&self.cache))
+        host::shared_data(&key.slot_name(self.cache.max_entries))
             .ok()
             .flatten()
     }
@@ -172,18 +242,24 @@ impl Runtime {
         };
         let expires_at = now.saturating_add(ttl.saturating_mul(1000));
         let entry = cache::encode_entry(key, expires_at, &issued.access_token);
-        if let Err(status) = host::set_shared_data(&key.slot_name(&self.cache), &entry) {
+        if let Err(status) = host::set_shared_data(&key.slot_name(self.cache.max_entries), &entry) {
             warn!("outgoing-auth: caching an exchanged token failed: {status:?}");
         }
     }
 
-    /// Answers every request waiting for `key`'s exchange. `current` is the context this
-    /// callback runs in; the others are reached by switching the effective context.
-    fn complete(&self, key: &CacheKey, outcome: Result<Issued, ExchangeFailure>, current: u32) {
+    /// Answers every request waiting for `key`'s exchange with what `outcome` makes of its
+    /// call. `current` is the context this callback runs in; the others are reached by
+    /// switching the effective context.
+    fn complete(
+        &self,
+        key: &CacheKey,
+        outcome: impl FnOnce(&StsCall) -> Result<Issued, ExchangeFailure>,
+        current: u32,
+    ) {
         let Some(flight) = self.flights.borrow_mut().finish(key) else {
             return;
         };
-        let result = match outcome {
+        let result = match outcome(&flight.call) {
             Ok(issued) => {
                 self.count(Counter::ExchangeOk);
                 self.store(key, &issued);
@@ -243,7 +319,7 @@ impl Runtime {
                     self.flights.borrow_mut().adopt(&key, root_id);
                     self.root_calls.borrow_mut().insert(token, key);
                 }
-                Err(failure) => self.complete(&key, Err(failure), root_id),
+                Err(failure) => self.complete(&key, |_| Err(failure), root_id),
             }
         }
     }
@@ -253,7 +329,7 @@ impl Runtime {
         let holds = self
             .cache_entry(key)
             .is_some_and(|entry| cache::holds(&entry, key));
-        if holds && host::set_shared_data(&key.slot_name(&self.cache), &[]).is_ok() {
+        if holds && host::set_shared_data(&key.slot_name(self.cache.max_entries), &[]).is_ok() {
             self.count(Counter::ExchangeCacheEvicted);
         }
     }
@@ -288,17 +364,25 @@ impl Runtime {
     }
 }
 
-/// Reads the STS answer inside `on_http_call_response`.
-fn read_sts_response(num_headers: usize, body_size: usize) -> Result<Issued, ExchangeFailure> {
-    // A reset arrives without headers: reading `:status` then would fail.
-    let status = if num_headers == 0 {
-        None
-    } else {
-        host::call_response_header(":status")
-            .ok()
-            .flatten()
-            .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
-    };
+/// Reads the STS answer to `call` inside `on_http_call_response`.
+fn read_sts_response(
+    call: &StsCall,
+    num_headers: usize,
+    body_size: usize,
+) -> Result<Issued, ExchangeFailure> {
+    // A failed call arrives without headers: reading `:status` then would fail.
+    if num_headers == 0 {
+        let message = host::status_message().unwrap_or_default();
+        let elapsed = host::now_ms()
+            .unwrap_or(0)
+            .saturating_sub(call.sent_at_ms.get());
+        let timeout = u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX);
+        return Err(exchange::failed_call(&message, elapsed, timeout));
+    }
+    let status = host::call_response_header(":status")
+        .ok()
+        .flatten()
+        .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
     let body = if body_size > exchange::MAX_RESPONSE_BYTES {
         None
     } else if body_size == 0 {
@@ -336,7 +420,7 @@ impl Context for Root {
         };
         let key = runtime.root_calls.borrow_mut().remove(&token_id);
         if let Some(key) = key {
-            let outcome = read_sts_response(num_headers, body_size);
+            let outcome = |call: &StsCall| read_sts_response(call, num_headers, body_size);
             runtime.complete(&key, outcome, self.context_id);
         }
     }
@@ -367,6 +451,10 @@ impl RootContext for Root {
                     warn!("outgoing-auth: {warning}");
                 }
                 let plans = Plans::build(&loaded.config);
+                if plans.uses_stream_record() && !declare_stream_record() {
+                    return false;
+                }
+                resize_cache_table(loaded.config.exchange_cache.max_entries);
                 info!(
                     "outgoing-auth: configuration loaded: {} backend(s), default strategy {}",
                     loaded.config.outgoing_auth.backends.len(),
@@ -443,7 +531,7 @@ impl Context for Filter {
         _num_trailers: usize,
     ) {
         if let (Some(runtime), Some(key)) = (&self.runtime, &self.exchange_key) {
-            let outcome = read_sts_response(num_headers, body_size);
+            let outcome = |call: &StsCall| read_sts_response(call, num_headers, body_size);
             runtime.complete(key, outcome, self.context_id);
         }
     }
@@ -481,6 +569,41 @@ impl HttpContext for Filter {
     }
 }
 
+/// Gives the per-request record ([`crate::stream`]) the life span of the client's request, so
+/// that it survives internal redirects (the default, the filter chain's, would not).
+fn declare_stream_record() -> bool {
+    match host::call_foreign_function("declare_property", &stream::declare_property_arguments()) {
+        // BadArgument: this root context declared it already.
+        Ok(()) | Err(proxy_wasm::types::Status::BadArgument) => true,
+        Err(status) => {
+            error!(
+                "outgoing-auth: cannot declare the filter state {:?} ({status:?}); without it a \
+                 retry or an internal redirect could carry another backend's credential, so the \
+                 configuration is refused (this needs Envoy's declare_property)",
+                stream::PROPERTY
+            );
+            false
+        }
+    }
+}
+
+/// Empties the cache slots a smaller table no longer uses (shared data cannot be freed) and
+/// records this configuration's size, so configuration updates leave no memory behind.
+fn resize_cache_table(max_entries: u32) {
+    let recorded = host::shared_data(cache::TABLE_SIZE_KEY).ok().flatten();
+    let clear = cache::slots_to_clear(recorded.as_deref(), max_entries);
+    let cleared = clear.len();
+    for slot in clear {
+        let _ = host::set_shared_data(&cache::slot_key(u64::from(slot)), &[]);
+    }
+    if cleared > 0 {
+        info!("outgoing-auth: exchange cache shrunk to {max_entries} slots ({cleared} emptied)");
+    }
+    if let Err(status) = host::set_shared_data(cache::TABLE_SIZE_KEY, &max_entries.to_le_bytes()) {
+        warn!("outgoing-auth: cannot record the exchange cache size: {status:?}");
+    }
+}
+
 /// Whether the typed metadata says the upstream token is a string: read (one more host call)
 /// only for the 8-byte values that could be a Struct number; `None` otherwise, or when the
 /// typed read fails (the decision then refuses such a value).
@@ -510,16 +633,21 @@ fn backend_name(paths: &[&[u8]]) -> Option<Vec<u8>> {
 
 fn apply(edit: &Edit<'_>) -> Result<(), AuthError> {
     if edit.remove_authorization {
-        host::remove_request_header("authorization").map_err(|_| AuthError::HostCall {
-            operation: "remove the client's Authorization header",
-        })?;
+        remove_header("authorization")?;
     }
     if let Some((name, value)) = &edit.set {
-        host::set_request_header(name, value).map_err(|_| AuthError::HostCall {
-            operation: "set the credential header",
-        })?;
+        host::set_request_header(name, value.as_bytes())
+            .map_err(|_| host_error("set the credential header"))?;
     }
     Ok(())
+}
+
+fn remove_header(name: &str) -> Result<(), AuthError> {
+    host::remove_request_header(name).map_err(|_| host_error("remove a client credential header"))
+}
+
+fn host_error(operation: &'static str) -> AuthError {
+    AuthError::HostCall { operation }
 }
 
 /// Sends the error's local reply and stops the request.

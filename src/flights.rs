@@ -117,10 +117,12 @@ impl<C> Flights<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::{CacheSettings, ExchangeScope};
     use crate::config::TokenExchange;
 
     fn key(subject: &str) -> CacheKey {
-        CacheKey::new(&TokenExchange::example(), subject)
+        let scope = ExchangeScope::new(&TokenExchange::example(), &CacheSettings::default());
+        CacheKey::new(&scope, subject)
     }
 
     #[test]

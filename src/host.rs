@@ -80,6 +80,30 @@ extern "C" {
     fn proxy_set_effective_context(context_id: u32) -> Status;
     fn proxy_continue_stream(stream_type: StreamType) -> Status;
     fn proxy_set_tick_period_milliseconds(period: u32) -> Status;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> Status;
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+    fn proxy_get_status(
+        return_code: *mut u32,
+        return_message_data: *mut *mut u8,
+        return_message_size: *mut usize,
+    ) -> Status;
+    fn proxy_call_foreign_function(
+        function_name_data: *const u8,
+        function_name_size: usize,
+        arguments_data: *const u8,
+        arguments_size: usize,
+        results_data: *mut *mut u8,
+        results_size: *mut usize,
+    ) -> Status;
 }
 
 fn check(status: Status) -> Result<(), Status> {
@@ -104,7 +128,7 @@ pub fn get_property(path: &[u8]) -> Result<Option<Vec<u8>>, Status> {
 }
 
 /// Sets a request header, replacing every value the client sent.
-pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
+pub fn set_request_header(name: &str, value: &[u8]) -> Result<(), Status> {
     // SAFETY: pointers and lengths come from live slices.
     check(unsafe {
         proxy_replace_header_map_value(
@@ -255,4 +279,56 @@ pub fn resume_request() -> Result<(), Status> {
 pub fn set_tick_period_ms(period: u32) -> Result<(), Status> {
     // SAFETY: a plain value.
     check(unsafe { proxy_set_tick_period_milliseconds(period) })
+}
+
+/// Writes a property (in Envoy: filter state `wasm.<path>` of the current request).
+pub fn set_property(path: &[u8], value: &[u8]) -> Result<(), Status> {
+    // SAFETY: pointers and lengths come from live slices.
+    check(unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
+}
+
+/// Every request header as the pairs encoding (duplicates kept).
+pub fn request_header_pairs() -> Result<Vec<u8>, Status> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: see `owned`.
+    unsafe {
+        match proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) {
+            Status::Ok => Ok(owned(data, size).unwrap_or_default()),
+            other => Err(other),
+        }
+    }
+}
+
+/// The message of the last failure the host reported (after a failed HTTP call: why it failed).
+pub fn status_message() -> Result<Vec<u8>, Status> {
+    let mut code: u32 = 0;
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: see `owned`; `code` outlives the call.
+    unsafe {
+        match proxy_get_status(&mut code, &mut data, &mut size) {
+            Status::Ok => Ok(owned(data, size).unwrap_or_default()),
+            other => Err(other),
+        }
+    }
+}
+
+/// Calls a host-provided foreign function (e.g. Envoy's `declare_property`).
+pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<(), Status> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: see `owned`; the result, if any, is freed on return.
+    unsafe {
+        let status = proxy_call_foreign_function(
+            name.as_ptr(),
+            name.len(),
+            args.as_ptr(),
+            args.len(),
+            &mut data,
+            &mut size,
+        );
+        drop(owned(data, size));
+        check(status)
+    }
 }

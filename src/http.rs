@@ -60,22 +60,73 @@ pub fn is_credential(token: &[u8]) -> bool {
             .fold(true, |ok, &c| ok & (c.wrapping_sub(0x21) < 0x5e))
 }
 
-/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive), if it is a
-/// usable credential.
-pub fn bearer_token(header: &[u8]) -> Option<&str> {
+/// Why a client's `Authorization` header gives no bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerProblem {
+    /// Another scheme, or no scheme at all: the request carries no bearer token.
+    NotBearer,
+    /// `Bearer` with something that is not one RFC 6750 `b64token`: nothing, several words, or
+    /// several `Authorization` headers, which Envoy joins with a comma.
+    Malformed,
+}
+
+/// RFC 6750 §2.1 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+/// It has no comma, so two joined headers are never one token.
+pub fn is_b64token(token: &[u8]) -> bool {
+    let body = token
+        .iter()
+        .rposition(|&c| c != b'=')
+        .and_then(|last| token.get(..=last))
+        .unwrap_or_default();
+    !body.is_empty()
+        && body
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || b"-._~+/".contains(&c))
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+pub fn bearer_token(header: &[u8]) -> Result<&str, BearerProblem> {
     let header = header.trim_ascii();
-    let scheme = header.get(..6)?;
-    let rest = header.get(6..)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer")
-        || !rest.first().is_some_and(|c| *c == b' ' || *c == b'\t')
-    {
-        return None;
+    let (scheme, rest) = header.split_at_checked(6).ok_or(BearerProblem::NotBearer)?;
+    let separated = rest.first().is_none_or(|c| *c == b' ' || *c == b'\t');
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !separated {
+        return Err(BearerProblem::NotBearer);
     }
     let token = rest.trim_ascii();
-    if !is_credential(token) {
+    if !is_b64token(token) {
+        return Err(BearerProblem::Malformed);
+    }
+    std::str::from_utf8(token).map_err(|_| BearerProblem::Malformed)
+}
+
+/// The `Cookie` value left once the cookies named in `remove` are taken out of `values` (every
+/// `Cookie` header of the request, in order); `None` when none of them is there, so the header
+/// stays untouched. Cookie pairs are split at `;` and at `,` (Envoy joins repeated headers with a
+/// comma, and RFC 6265 cookie values contain neither); the kept pairs are joined with `"; "`.
+/// An empty result means: remove the header. Names compare case-sensitively, as cookies do.
+pub fn without_cookies(values: &[&[u8]], remove: &[String]) -> Option<Vec<u8>> {
+    let pairs = || {
+        values
+            .iter()
+            .flat_map(|v| v.split(|&c| c == b';' || c == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|p| !p.is_empty())
+    };
+    let name = |pair: &[u8]| -> Vec<u8> {
+        let end = pair.iter().position(|&c| c == b'=');
+        end.and_then(|e| pair.get(..e))
+            .map(|n| n.trim_ascii().to_vec())
+            .unwrap_or_default()
+    };
+    let listed = |pair: &[u8]| {
+        let n = name(pair);
+        !n.is_empty() && remove.iter().any(|r| r.as_bytes() == n.as_slice())
+    };
+    if !pairs().any(listed) {
         return None;
     }
-    std::str::from_utf8(token).ok()
+    let kept: Vec<&[u8]> = pairs().filter(|p| !listed(p)).collect();
+    Some(kept.join(&b"; "[..]))
 }
 
 /// RFC 6749 §3.3 `scope-token`: `1*( %x21 / %x23-5B / %x5D-7E )`.
@@ -141,16 +192,83 @@ mod tests {
 
     #[test]
     fn bearer_tokens_are_parsed_case_insensitively() {
-        assert_eq!(bearer_token(b"Bearer abc.def"), Some("abc.def"));
-        assert_eq!(bearer_token(b"bearer  abc "), Some("abc"));
-        assert_eq!(bearer_token(b"BEARER\tabc"), Some("abc"));
-        assert_eq!(bearer_token(b"Bearer"), None);
-        assert_eq!(bearer_token(b"Bearer "), None);
-        assert_eq!(bearer_token(b"Bearerabc"), None);
-        assert_eq!(bearer_token(b"Basic abc"), None);
-        assert_eq!(bearer_token(b"Bearer a b"), None);
-        assert_eq!(bearer_token(b"Bearer a\x01"), None);
-        assert_eq!(bearer_token(b""), None);
+        use BearerProblem::*;
+        assert_eq!(bearer_token(b"Bearer abc.def"), Ok("abc.def"));
+        assert_eq!(bearer_token(b"bearer  abc "), Ok("abc"));
+        assert_eq!(bearer_token(b"BEARER\tabc"), Ok("abc"));
+        assert_eq!(
+            bearer_token(b"Bearer eyJ.eyJ-_~+/.sig=="),
+            Ok("eyJ.eyJ-_~+/.sig==")
+        );
+        assert_eq!(bearer_token(b"Bearerabc"), Err(NotBearer));
+        assert_eq!(bearer_token(b"Basic abc"), Err(NotBearer));
+        assert_eq!(bearer_token(b""), Err(NotBearer));
+        assert_eq!(bearer_token(b"Bearer"), Err(Malformed));
+        assert_eq!(bearer_token(b"Bearer "), Err(Malformed));
+        assert_eq!(bearer_token(b"Bearer a b"), Err(Malformed));
+        assert_eq!(bearer_token(b"Bearer a\x01"), Err(Malformed));
+    }
+
+    #[test]
+    fn joined_authorization_headers_are_not_a_bearer_token() {
+        // Two `Authorization: Bearer ...` headers reach a filter as one value joined by ",".
+        assert_eq!(
+            bearer_token(b"Bearer first-token,Bearer second"),
+            Err(BearerProblem::Malformed)
+        );
+        assert_eq!(bearer_token(b"Bearer X,y"), Err(BearerProblem::Malformed));
+    }
+
+    #[test]
+    fn listed_cookies_are_removed_and_the_others_stay() {
+        let remove = vec!["BearerToken".to_owned(), "OauthHMAC".to_owned()];
+        let out = without_cookies(
+            &[b"theme=dark; BearerToken=eyJ.x.y; OauthHMAC=abc=; lang=en"],
+            &remove,
+        );
+        assert_eq!(out.as_deref(), Some(&b"theme=dark; lang=en"[..]));
+        // Repeated Cookie headers, separate or joined by Envoy with a comma.
+        let out = without_cookies(&[b"a=1", b"BearerToken=t; b=2"], &remove);
+        assert_eq!(out.as_deref(), Some(&b"a=1; b=2"[..]));
+        let out = without_cookies(&[b"a=1,BearerToken=t,b=2"], &remove);
+        assert_eq!(out.as_deref(), Some(&b"a=1; b=2"[..]));
+        // Only listed cookies: the header goes.
+        let out = without_cookies(&[b"BearerToken=t;OauthHMAC=h"], &remove);
+        assert_eq!(out.as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn cookies_without_a_listed_name_stay_untouched() {
+        let remove = vec!["BearerToken".to_owned()];
+        assert_eq!(without_cookies(&[b"theme=dark;  lang=en"], &remove), None);
+        assert_eq!(
+            without_cookies(&[b"bearertoken=x"], &remove),
+            None,
+            "case matters"
+        );
+        assert_eq!(
+            without_cookies(&[b"x=BearerToken=1"], &remove),
+            None,
+            "a value is no name"
+        );
+        assert_eq!(
+            without_cookies(&[b"BearerToken"], &remove),
+            None,
+            "no '=': no name"
+        );
+        assert_eq!(without_cookies(&[], &remove), None);
+    }
+
+    #[test]
+    fn b64tokens_follow_rfc6750() {
+        assert!(is_b64token(b"abc"));
+        assert!(is_b64token(b"a-b.c_d~e+f/g=="));
+        assert!(!is_b64token(b""));
+        assert!(!is_b64token(b"=="), "padding alone is not a token");
+        assert!(!is_b64token(b"a=b"), "= only at the end");
+        for bad in [&b"a,b"[..], b"a b", b"a;b", b"a:b", b"a\"b", b"t\xc3\xb6k"] {
+            assert!(!is_b64token(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod http;
 pub mod metadata;
 pub mod stats;
 pub mod strategy;
+pub mod stream;
 pub mod validate;
 
 /// The Kubernetes CRD and the `outgoing-auth` CLI's logic; never compiled into the wasm.

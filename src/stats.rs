@@ -24,6 +24,9 @@ pub enum Counter {
     ExchangeCacheEvicted,
     /// token_exchange: no subject (no client bearer, or no upstream token); 401, no STS call.
     ExchangeSubjectMissing,
+    /// token_exchange: the client's Authorization is not one bearer token (two joined headers,
+    /// several words); 401, no STS call.
+    ExchangeSubjectMalformed,
     /// token_exchange: the STS rejected the subject (invalid_grant); 401.
     ExchangeSubjectRejected,
     /// token_exchange: the STS refused (invalid_target, invalid_scope, unauthorized_client); 403.
@@ -34,6 +37,9 @@ pub enum Counter {
     ExchangeUnavailable,
     /// token_exchange: the STS timed out; 504.
     ExchangeTimeout,
+    /// Envoy ran the filter again on a request it had already run on (a retry attempt of a
+    /// cluster filter, an internal redirect); the run started from the client's original request.
+    Rerun,
     /// A host call failed on the request path; the client got 500 (fail closed).
     HostError,
     /// A configuration was refused by startup validation.
@@ -41,7 +47,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 19] = [
         Counter::UpstreamInjected,
         Counter::UpstreamTokenMissing,
         Counter::HeaderInjected,
@@ -52,11 +58,13 @@ impl Counter {
         Counter::ExchangeCoalesced,
         Counter::ExchangeCacheEvicted,
         Counter::ExchangeSubjectMissing,
+        Counter::ExchangeSubjectMalformed,
         Counter::ExchangeSubjectRejected,
         Counter::ExchangeForbidden,
         Counter::ExchangeBadResponse,
         Counter::ExchangeUnavailable,
         Counter::ExchangeTimeout,
+        Counter::Rerun,
         Counter::HostError,
         Counter::ConfigRejected,
     ];
@@ -73,11 +81,13 @@ impl Counter {
             Counter::ExchangeCoalesced => "outgoing_auth.token_exchange.coalesced",
             Counter::ExchangeCacheEvicted => "outgoing_auth.token_exchange.cache_evicted",
             Counter::ExchangeSubjectMissing => "outgoing_auth.token_exchange.subject_missing",
+            Counter::ExchangeSubjectMalformed => "outgoing_auth.token_exchange.subject_malformed",
             Counter::ExchangeSubjectRejected => "outgoing_auth.token_exchange.subject_rejected",
             Counter::ExchangeForbidden => "outgoing_auth.token_exchange.forbidden",
             Counter::ExchangeBadResponse => "outgoing_auth.token_exchange.bad_response",
             Counter::ExchangeUnavailable => "outgoing_auth.token_exchange.unavailable",
             Counter::ExchangeTimeout => "outgoing_auth.token_exchange.timeout",
+            Counter::Rerun => "outgoing_auth.rerun",
             Counter::HostError => "outgoing_auth.host_error",
             Counter::ConfigRejected => "outgoing_auth.config.rejected",
         }

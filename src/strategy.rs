@@ -7,9 +7,10 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use crate::cache::{CacheSettings, ExchangeScope};
 use crate::config::{Config, Secret, Strategy, TokenExchange, TokenSource};
 use crate::error::AuthError;
-use crate::http;
+use crate::http::{self, BearerProblem};
 use crate::metadata::{self, TokenProblem};
 use crate::stats::Counter;
 
@@ -74,6 +75,8 @@ impl UpstreamRef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExchangePlan {
     pub exchange: TokenExchange,
+    /// What, besides the subject, keys this exchange's cached tokens.
+    pub scope: ExchangeScope,
     /// The subject: this provider's upstream token, or (`None`) the client's own bearer token.
     pub subject_from: Option<UpstreamRef>,
 }
@@ -81,7 +84,8 @@ pub struct ExchangePlan {
 /// What the host read for a plan: the value at [`Plan::token_path`] (`Err` when the read
 /// failed), whether the typed metadata says that value is a string (read only when
 /// [`metadata::may_be_number`] says it could be a number; `None` otherwise or when unreadable)
-/// and, when [`Plan::needs_client_bearer`], the client's `Authorization` header.
+/// and, when [`Plan::needs_client_bearer`], the client's own `Authorization` header as the
+/// client sent it (on a re-run, from the [`crate::stream::StreamRecord`], not the headers).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'t> {
     pub upstream_token: Result<Option<&'t [u8]>, ()>,
@@ -123,7 +127,7 @@ pub enum Decision<'p, 't> {
 }
 
 impl Plan {
-    fn build(strategy: &Strategy, tokens: &TokenSource) -> Plan {
+    fn build(strategy: &Strategy, tokens: &TokenSource, cache: &CacheSettings) -> Plan {
         match strategy {
             Strategy::Unauthenticated => Plan::Unauthenticated,
             Strategy::HeaderInjection(h) => Plan::SetHeader {
@@ -135,6 +139,7 @@ impl Plan {
             }
             Strategy::TokenExchange(te) => Plan::Exchange(Box::new(ExchangePlan {
                 exchange: te.clone(),
+                scope: ExchangeScope::new(te, cache),
                 subject_from: te
                     .subject_provider_name
                     .as_deref()
@@ -201,10 +206,7 @@ impl Plan {
             Plan::Exchange(plan) => {
                 let subject = match &plan.subject_from {
                     Some(upstream) => upstream.token(&view, max_token_bytes)?,
-                    None => view
-                        .authorization
-                        .and_then(http::bearer_token)
-                        .ok_or(AuthError::MissingBearer)?,
+                    None => client_bearer(view.authorization)?,
                 };
                 Ok(Decision::Exchange { plan, subject })
             }
@@ -222,9 +224,40 @@ impl Plan {
             AuthError::UpstreamTokenNotFound { .. } | AuthError::MissingBearer => {
                 Counter::ExchangeSubjectMissing
             }
+            AuthError::MalformedBearer => Counter::ExchangeSubjectMalformed,
+        }
+    }
+
+    /// The header this plan sets when it forwards, other than `authorization`.
+    pub fn custom_header(&self) -> Option<&str> {
+        match self {
+            Plan::SetHeader { name, .. } if name != "authorization" => Some(name),
+            _ => None,
         }
     }
 }
+
+/// The client's bearer token, from its own `Authorization` header.
+fn client_bearer(authorization: Option<&[u8]>) -> Result<&str, AuthError> {
+    match authorization.map(http::bearer_token) {
+        Some(Ok(token)) => Ok(token),
+        None | Some(Err(BearerProblem::NotBearer)) => Err(AuthError::MissingBearer),
+        Some(Err(BearerProblem::Malformed)) => Err(AuthError::MalformedBearer),
+    }
+}
+
+/// Client credentials no backend receives, whatever its strategy (besides the `Authorization`
+/// header every strategy removes or replaces).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    /// Lower-case header names: `proxy-authorization`, then `removeRequestHeaders`.
+    pub headers: Vec<String>,
+    /// `removeCookies`: cookie names taken out of `Cookie`, the other cookies stay.
+    pub cookies: Vec<String>,
+}
+
+/// Header that carries the client's credential for the proxy; removed by default.
+pub const PROXY_AUTHORIZATION: &str = "proxy-authorization";
 
 /// Every backend's plan plus the default, built once per configuration.
 #[derive(Debug, Clone)]
@@ -232,6 +265,11 @@ pub struct Plans {
     default: Plan,
     backends: HashMap<String, Plan>,
     pub tokens: TokenSource,
+    pub removal: Removal,
+    /// Some plan exchanges the client's own bearer token: a re-run needs it from the record.
+    reads_client_bearer: bool,
+    /// Some plan sets a header other than `authorization`: a re-run must remove it.
+    sets_custom_header: bool,
     /// Serialized property paths of the backend name sources, in order.
     backend_name_paths: Vec<&'static [u8]>,
 }
@@ -243,21 +281,34 @@ impl Plans {
             .as_ref()
             .map(|a| a.tokens.clone())
             .unwrap_or_default();
+        let cache = &config.exchange_cache;
         let default = config
             .outgoing_auth
             .default
             .as_ref()
-            .map_or(Plan::Unauthenticated, |s| Plan::build(s, &tokens));
-        let backends = config
+            .map_or(Plan::Unauthenticated, |s| Plan::build(s, &tokens, cache));
+        let backends: HashMap<String, Plan> = config
             .outgoing_auth
             .backends
             .iter()
-            .map(|(name, s)| (name.clone(), Plan::build(s, &tokens)))
+            .map(|(name, s)| (name.clone(), Plan::build(s, &tokens, cache)))
             .collect();
+        let every_plan = || std::iter::once(&default).chain(backends.values());
+        let reads_client_bearer = every_plan().any(Plan::needs_client_bearer);
+        let sets_custom_header = every_plan().any(|p| p.custom_header().is_some());
+        let mut headers = vec![PROXY_AUTHORIZATION.to_owned()];
+        let listed = config.removal.headers.iter();
+        headers.extend(listed.filter(|n| *n != PROXY_AUTHORIZATION).cloned());
         Plans {
             default,
             backends,
             tokens,
+            removal: Removal {
+                headers,
+                cookies: config.removal.cookies.clone(),
+            },
+            reads_client_bearer,
+            sets_custom_header,
             backend_name_paths: config
                 .backend_name_sources
                 .iter()
@@ -274,6 +325,19 @@ impl Plans {
         } else {
             &self.backend_name_paths
         }
+    }
+
+    /// Whether a run of this configuration needs the [`crate::stream::StreamRecord`]: when a
+    /// re-run could otherwise exchange what an earlier run set, or pass on a header an earlier
+    /// run set for another backend. Without either, every re-run is already exact: each
+    /// strategy replaces or removes `Authorization`, and the removals are idempotent.
+    pub fn uses_stream_record(&self) -> bool {
+        self.reads_client_bearer || self.sets_custom_header
+    }
+
+    /// Whether the client's own `Authorization` must be remembered for a later run.
+    pub fn reads_client_bearer(&self) -> bool {
+        self.reads_client_bearer
     }
 
     /// The plan for a backend name (`None`: no name could be found): `backends[name]`, else
@@ -636,11 +700,67 @@ mod tests {
     fn no_client_token_is_a_401_and_no_exchange() {
         let p = plans(EXAMPLE);
         let plan = p.for_backend(Some(b"corp"));
-        for authorization in [None, Some(&b""[..]), Some(b"Basic abc"), Some(b"Bearer ")] {
+        for authorization in [None, Some(&b""[..]), Some(b"Basic abc")] {
             let err = plan.decide(view(None, authorization), 100).unwrap_err();
             assert_eq!(err, AuthError::MissingBearer);
             assert_eq!(err.reply().status, 401);
         }
+    }
+
+    #[test]
+    fn a_bearer_that_is_not_one_token_is_a_401_and_no_exchange() {
+        let p = plans(EXAMPLE);
+        let plan = p.for_backend(Some(b"corp"));
+        let joined = b"Bearer gw-token,Bearer other";
+        for authorization in [&b"Bearer "[..], b"Bearer a b", b"Bearer X,y", joined] {
+            let err = plan
+                .decide(view(None, Some(authorization)), 100)
+                .unwrap_err();
+            assert_eq!(err, AuthError::MalformedBearer);
+            assert_eq!(err.reply().status, 401);
+            assert_eq!(
+                plan.rejection_counter(&err),
+                Counter::ExchangeSubjectMalformed
+            );
+        }
+    }
+
+    #[test]
+    fn the_stream_record_is_used_only_where_a_rerun_needs_it() {
+        let p = plans(EXAMPLE);
+        assert!(p.uses_stream_record() && p.reads_client_bearer());
+        let inject_only = plans(
+            r#"{"authServer": {"upstreams": ["github"]},
+                "outgoingAuth": {"default": {"type": "upstream_inject",
+                 "upstreamInject": {"providerName": "github"}}}}"#,
+        );
+        assert!(
+            !inject_only.uses_stream_record(),
+            "Authorization is replaced every run"
+        );
+        let header = plans(
+            r#"{"outgoingAuth": {"backends": {"a": {"type": "header_injection",
+                 "headerInjection": {"headerName": "X-API-Key", "headerValue": "k"}}}}}"#,
+        );
+        assert!(header.uses_stream_record() && !header.reads_client_bearer());
+        let into_authorization = plans(
+            r#"{"outgoingAuth": {"backends": {"a": {"type": "header_injection",
+                 "headerInjection": {"headerName": "Authorization", "headerValue": "Basic k"}}}}}"#,
+        );
+        assert!(!into_authorization.uses_stream_record());
+    }
+
+    #[test]
+    fn proxy_authorization_and_the_listed_credentials_are_removed() {
+        let p = plans(r#"{"outgoingAuth": {}}"#);
+        assert_eq!(p.removal.headers, ["proxy-authorization"]);
+        assert!(p.removal.cookies.is_empty());
+        let p = plans(
+            r#"{"removeRequestHeaders": ["X-Api-Key", "Proxy-Authorization"],
+                "removeCookies": ["BearerToken", "IdToken"], "outgoingAuth": {}}"#,
+        );
+        assert_eq!(p.removal.headers, ["proxy-authorization", "x-api-key"]);
+        assert_eq!(p.removal.cookies, ["BearerToken", "IdToken"]);
     }
 
     #[test]

@@ -50,12 +50,14 @@ pub enum Rule {
     S14,
     /// `backendNameSources`: empty, an unknown source, or one listed twice.
     S15,
+    /// `removeRequestHeaders` / `removeCookies`: an invalid, reserved or repeated name, or too many.
+    S16,
     /// Warning: a client secret is written inline in the configuration.
     W01,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 20] = [
+    pub const ALL: [Rule; 21] = [
         Rule::V01,
         Rule::V02,
         Rule::V05,
@@ -75,6 +77,7 @@ impl Rule {
         Rule::S13,
         Rule::S14,
         Rule::S15,
+        Rule::S16,
         Rule::W01,
     ];
 
@@ -99,6 +102,7 @@ impl Rule {
             Rule::S13 => "S-13",
             Rule::S14 => "S-14",
             Rule::S15 => "S-15",
+            Rule::S16 => "S-16",
             Rule::W01 => "W-01",
         }
     }

@@ -12,7 +12,7 @@
 //!
 //! Inputs that carry several strings split them at `0xFF` bytes, which never occur in UTF-8.
 
-use outgoing_auth::cache::{self, CacheKey, CacheSettings};
+use outgoing_auth::cache::{self, CacheKey, CacheSettings, ExchangeScope};
 use outgoing_auth::config::{
     self, Config, Secret, SecretSource, Strategy, SubjectTokenType, TokenExchange, TokenLayout,
     TokenSource, TokenUrl,
@@ -883,11 +883,16 @@ pub fn header_checks(data: &[u8]) {
     assert_eq!(http::is_credential(data), ref_is_credential(data));
     let bearer = http::bearer_token(data);
     assert_eq!(bearer, ref_bearer_token(data), "bearer_token");
-    if let Some(token) = bearer {
+    if let Ok(token) = bearer {
         assert!(http::header_value_problem(&format!("Bearer {token}")).is_none());
         assert_eq!(
             http::bearer_token(format!("bearer {token}").as_bytes()),
-            Some(token)
+            Ok(token)
+        );
+        // Two headers joined by Envoy are never one token.
+        assert_eq!(
+            http::bearer_token(format!("Bearer {token},Bearer {token}").as_bytes()),
+            Err(http::BearerProblem::Malformed)
         );
     }
     let text = String::from_utf8_lossy(data);
@@ -925,25 +930,37 @@ fn ref_is_credential(b: &[u8]) -> bool {
     !b.is_empty() && b.iter().all(|&c| c > b' ' && c < 0x7f)
 }
 
-/// RFC 6750 §2.1 as the filter reads it: `Bearer` (any case), then at least one space or tab,
-/// then the token; surrounding whitespace ignored; the token must be a usable credential.
-fn ref_bearer_token(header: &[u8]) -> Option<&str> {
+/// RFC 6750 §2.1 as the filter reads it: `Bearer` (any case), then at least one space or tab (or
+/// nothing), then the token; surrounding whitespace ignored; the token must be one `b64token`
+/// (`[A-Za-z0-9-._~+/]+=*`), else the header is a malformed bearer.
+fn ref_bearer_token(header: &[u8]) -> Result<&str, http::BearerProblem> {
+    use http::BearerProblem::{Malformed, NotBearer};
     let ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c');
-    let start = header.iter().position(|c| !ws(c))?;
-    let end = header.iter().rposition(|c| !ws(c))? + 1;
+    let Some(start) = header.iter().position(|c| !ws(c)) else {
+        return Err(NotBearer);
+    };
+    let end = header.iter().rposition(|c| !ws(c)).unwrap() + 1;
     let header = &header[start..end];
-    if header.len() < 7 || !header[..6].eq_ignore_ascii_case(b"bearer") {
-        return None;
+    if header.len() < 6 || !header[..6].eq_ignore_ascii_case(b"bearer") {
+        return Err(NotBearer);
     }
-    if header[6] != b' ' && header[6] != b'\t' {
-        return None;
+    if header.len() > 6 && header[6] != b' ' && header[6] != b'\t' {
+        return Err(NotBearer);
     }
     let token = &header[6..];
-    let first = token.iter().position(|c| !ws(c))?;
-    let token = &token[first..];
-    ref_is_credential(token)
-        .then(|| std::str::from_utf8(token).ok())
-        .flatten()
+    let token = match token.iter().position(|c| !ws(c)) {
+        Some(first) => &token[first..],
+        None => return Err(Malformed),
+    };
+    let body_len = token.len() - token.iter().rev().take_while(|&&c| c == b'=').count();
+    let body_ok = body_len > 0
+        && token[..body_len]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-._~+/".contains(c));
+    if !body_ok {
+        return Err(Malformed);
+    }
+    std::str::from_utf8(token).map_err(|_| Malformed)
 }
 
 /// RFC 9110 §5.6.2 `token`.
@@ -1039,7 +1056,12 @@ pub fn cache_entry(data: &[u8]) {
         subject_provider_name: None,
         timeout_ms: 5_000,
     };
-    let key = CacheKey::new(&te, subject);
+    let settings = CacheSettings {
+        max_entries: slots,
+        safety_margin_secs: now % 4_000,
+        default_ttl_secs: expires_at % 90_000,
+    };
+    let key = CacheKey::new(&ExchangeScope::new(&te, &settings), subject);
     let debug = format!("{key:?}");
     // A short hash prefix only, whatever the subject.
     let prefix = debug
@@ -1057,7 +1079,7 @@ pub fn cache_entry(data: &[u8]) {
     assert_eq!(cache::lookup(&entry, &key, now), expected);
     assert!(cache::holds(&entry, &key));
     if other != subject {
-        let other_key = CacheKey::new(&te, other);
+        let other_key = CacheKey::new(&ExchangeScope::new(&te, &settings), other);
         assert_ne!(other_key, key, "two subjects share a key");
         assert_eq!(cache::lookup(&entry, &other_key, now), None);
         assert!(!cache::holds(&entry, &other_key));
@@ -1082,30 +1104,40 @@ pub fn cache_entry(data: &[u8]) {
     scopes.extend(te.scopes.iter().take(1).cloned());
     te.scopes = scopes;
     assert_eq!(
-        CacheKey::new(&te, subject),
+        CacheKey::new(&ExchangeScope::new(&te, &settings), subject),
         key,
         "scope order changed the key"
     );
-
-    let settings = CacheSettings {
-        max_entries: slots,
-        safety_margin_secs: now % 4_000,
-        default_ttl_secs: expires_at % 90_000,
+    // The lifetime rules are part of the key; the table size is not.
+    let other_rules = CacheSettings {
+        safety_margin_secs: settings.safety_margin_secs + 1,
+        ..settings
     };
-    // One table per cache setting: outgoing_auth.exchange_cache.<slots>.<margin>.<ttl>.<slot>
-    let name = key.slot_name(&settings);
-    let table = format!(
-        "outgoing_auth.exchange_cache.{}.{}.{}.",
-        slots.max(1),
-        settings.safety_margin_secs,
-        settings.default_ttl_secs
+    assert_ne!(
+        CacheKey::new(&ExchangeScope::new(&te, &other_rules), subject),
+        key
     );
+    let other_size = CacheSettings {
+        max_entries: slots.wrapping_add(1),
+        ..settings
+    };
+    assert_eq!(
+        CacheKey::new(&ExchangeScope::new(&te, &other_size), subject),
+        key
+    );
+
+    // One table for every setting: outgoing_auth.exchange_cache.<slot>
+    let name = key.slot_name(slots);
     let slot: u64 = name
-        .strip_prefix(&table)
+        .strip_prefix("outgoing_auth.exchange_cache.")
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("slot name {name:?}"));
     assert!(slot < u64::from(slots.max(1)));
-    assert_eq!(key.slot_name(&settings), name);
+    assert_eq!(key.slot_name(slots), name);
+    // A shrinking table clears exactly the slots past its new size.
+    let cleared = cache::slots_to_clear(Some(&other_size.max_entries.to_le_bytes()), slots);
+    assert_eq!(cleared.start, slots);
+    assert_eq!(cleared.end, slots.max(other_size.max_entries));
     for expires_in in [None, Some(expires_at), Some(now)] {
         let ttl = match expires_in {
             _ if slots == 0 => None,

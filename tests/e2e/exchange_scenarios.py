@@ -49,6 +49,7 @@ CACHE_MISS = TE + "cache_miss"
 COALESCED = TE + "coalesced"
 CACHE_EVICTED = TE + "cache_evicted"
 SUBJECT_MISSING = TE + "subject_missing"
+SUBJECT_MALFORMED = TE + "subject_malformed"
 SUBJECT_REJECTED = TE + "subject_rejected"
 FORBIDDEN = TE + "forbidden"
 BAD_RESPONSE = TE + "bad_response"
@@ -61,6 +62,7 @@ COUNTERS = (
     COALESCED,
     CACHE_EVICTED,
     SUBJECT_MISSING,
+    SUBJECT_MALFORMED,
     SUBJECT_REJECTED,
     FORBIDDEN,
     BAD_RESPONSE,
