@@ -141,6 +141,12 @@ class _RecordingHandler(http.server.BaseHTTPRequestHandler):
 
 # Request header that makes the echo backend answer with that status instead of 200.
 ECHO_STATUS_HEADER = "x-echo-status"
+# Request header that makes the echo backend answer 503 to the first N requests for a path (a
+# flaky backend that the router retries).
+ECHO_FAIL_FIRST_HEADER = "x-echo-fail-first"
+# Query parameter that makes the echo backend answer 302 to that path on the same host (Envoy's
+# internal redirects follow it; the redirected request has no query, so it is answered 200).
+ECHO_REDIRECT_PARAM = "redirect_to"
 
 
 class _EchoHandler(_RecordingHandler):
@@ -150,10 +156,23 @@ class _EchoHandler(_RecordingHandler):
         body = json.dumps(
             {"method": rec.method, "path": rec.path, "headers": [list(h) for h in rec.headers]}
         ).encode()
+        headers = [("content-type", "application/json")]
         # A test can ask for another status (a backend rejecting a credential: 401).
         wanted = rec.values(ECHO_STATUS_HEADER)
         status = int(wanted[0]) if len(wanted) == 1 and wanted[0].isdigit() else 200
-        self._reply(status, body, [("content-type", "application/json")])
+        fail_first = rec.values(ECHO_FAIL_FIRST_HEADER)
+        if len(fail_first) == 1 and fail_first[0].isdigit():
+            owner = self.server.owner  # type: ignore[attr-defined]
+            with owner.lock:
+                seen = sum(1 for r in owner.requests if r.path == rec.path)
+            if seen <= int(fail_first[0]):
+                status = 503
+        target = urllib.parse.parse_qs(urllib.parse.urlsplit(rec.path).query).get(ECHO_REDIRECT_PARAM)
+        if target:
+            host = (rec.values("host") or [LOOPBACK])[0]
+            status = 302
+            headers.append(("location", f"http://{host}{target[0]}"))
+        self._reply(status, body, headers)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
@@ -268,7 +287,9 @@ class StsAnswer:
     ``body`` None: a fresh successful token response (a new access token each call, with
     ``expires_in`` unless that is None). A dict is sent as JSON, bytes verbatim. ``hold``: wait
     for that event (bounded) before answering. ``reset``: read the request, then abort the
-    connection (RST) without a byte of answer.
+    connection (RST) without a byte of answer. ``trickle_s``: send the status, headers and the
+    first byte of the body at once, the rest a byte at a time over that many seconds.
+    ``token_bytes``: the issued tokens are this long (padded).
     """
 
     status: int = 200
@@ -277,6 +298,8 @@ class StsAnswer:
     content_type: str = "application/json"
     hold: threading.Event | None = None
     reset: bool = False
+    trickle_s: float = 0.0
+    token_bytes: int = 0
 
     @staticmethod
     def error(status: int, code: str) -> "StsAnswer":
@@ -313,7 +336,7 @@ class _StsHandler(_RecordingHandler):
                 self.close_connection = True
                 return
             if answer.body is None:
-                token = sts._issue(call.subject)
+                token = sts._issue(call.subject, answer.token_bytes)
                 fields: dict[str, Any] = {
                     "access_token": token,
                     "token_type": "Bearer",
@@ -326,10 +349,27 @@ class _StsHandler(_RecordingHandler):
                 payload = json.dumps(answer.body).encode()
             else:
                 payload = answer.body
+            if answer.trickle_s > 0:
+                self._trickle(answer, payload)
+                return
             self._reply(answer.status, payload, [("content-type", answer.content_type)])
         except OSError:
             # Envoy gave up on the call (timeout, oversized answer): nobody is listening.
             self.close_connection = True
+
+    def _trickle(self, answer: "StsAnswer", payload: bytes) -> None:
+        self.send_response(answer.status)
+        self.send_header("content-type", answer.content_type)
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload[:1])
+        self.wfile.flush()
+        rest = payload[1:]
+        pause = answer.trickle_s / max(1, len(rest))
+        for i in range(len(rest)):
+            time.sleep(pause)
+            self.wfile.write(rest[i : i + 1])
+            self.wfile.flush()
 
     do_GET = do_PUT = do_DELETE = do_PATCH = do_POST
 
@@ -364,8 +404,9 @@ class ScriptedSts(_Server):
                 return StsAnswer()
             return queue.pop(0) if len(queue) > 1 else queue[0]
 
-    def _issue(self, subject: str | None) -> str:
+    def _issue(self, subject: str | None, size: int = 0) -> str:
         token = f"xt-{os.urandom(12).hex()}"
+        token += "x" * max(0, size - len(token))
         with self.lock:
             self._issued.setdefault(subject, []).append(token)
         return token
@@ -449,6 +490,56 @@ def request(
         return Response(resp.status, [(k.lower(), v) for k, v in resp.getheaders()], data)
     finally:
         conn.close()
+
+
+def request_h2c(
+    port: int, path: str, headers: Iterable[tuple[str, str]] = (), timeout: float = 10.0
+) -> Response:
+    """One GET over HTTP/2 with prior knowledge (h2c), headers sent as given (duplicates too)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    sock_ = socket.create_connection((LOOPBACK, port), timeout=timeout)
+    try:
+        conn.initiate_connection()
+        stream = conn.get_next_available_stream_id()
+        request_headers = [
+            (":method", "GET"),
+            (":path", path),
+            (":scheme", "http"),
+            (":authority", f"{LOOPBACK}:{port}"),
+            *headers,
+        ]
+        conn.send_headers(stream, request_headers, end_stream=True)
+        sock_.sendall(conn.data_to_send())
+        status, response_headers, body = 0, [], b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = sock_.recv(65536)
+            if not data:
+                break
+            done = False
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    for k, v in event.headers:
+                        k, v = k.decode() if isinstance(k, bytes) else k, v.decode() if isinstance(v, bytes) else v
+                        if k == ":status":
+                            status = int(v)
+                        else:
+                            response_headers.append((k.lower(), v))
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    done = True
+            sock_.sendall(conn.data_to_send())
+            if done:
+                break
+        return Response(status, response_headers, body)
+    finally:
+        sock_.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -547,12 +638,13 @@ UPSTREAM_CODEC_FILTER = {
 }
 
 
-def route(prefix: str, cluster: str, backend: str | None = None) -> dict:
-    """A prefix route to ``cluster``; ``backend`` sets the outgoing_auth route metadata."""
+def route(prefix: str, cluster: str, backend: str | None = None, **action: Any) -> dict:
+    """A prefix route to ``cluster``; ``backend`` sets the outgoing_auth route metadata;
+    ``action`` adds fields of the route action (``retry_policy``, ``internal_redirect_policy``)."""
     r: dict[str, Any] = {
         "name": prefix.strip("/").replace("/", "_") or "root",
         "match": {"prefix": prefix},
-        "route": {"cluster": cluster, "timeout": "5s"},
+        "route": {"cluster": cluster, "timeout": "5s", **action},
     }
     if backend is not None:
         r["metadata"] = backend_metadata(backend)
