@@ -175,7 +175,7 @@ def exchange_config(wasm: Path, backend_port: int, sts_port: int, closed_port: i
         h.cluster("sts", sts_port),
         h.cluster("sts-closed", closed_port),
     ]
-    return h.bootstrap(listeners, clusters)
+    return h.bootstrap(listeners, clusters, runtime=h.RECOMMENDED_RUNTIME)
 
 
 # --------------------------------------------------------------------------------------------

@@ -713,11 +713,22 @@ def cluster(
     return c
 
 
-def bootstrap(listeners: list[dict], clusters: list[dict]) -> dict:
-    return {
+# Envoy buffers a whole HTTP-call answer (the STS's) before the filter sees a byte: 32 MiB by
+# default, for every async HTTP client. The README recommends this bound; the test Envoys that
+# exchange tokens use it, like the examples.
+ASYNC_RESPONSE_LIMIT_BYTES = 1024 * 1024
+RECOMMENDED_RUNTIME = {"http.async_response_buffer_limit": ASYNC_RESPONSE_LIMIT_BYTES}
+
+
+def bootstrap(listeners: list[dict], clusters: list[dict], runtime: dict | None = None) -> dict:
+    """A static bootstrap; ``runtime`` becomes a static runtime layer."""
+    boot: dict[str, Any] = {
         "admin": {"address": sock(0)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
+    if runtime:
+        boot["layered_runtime"] = {"layers": [{"name": "static", "static_layer": runtime}]}
+    return boot
 
 
 # --------------------------------------------------------------------------------------------

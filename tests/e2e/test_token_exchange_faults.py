@@ -77,8 +77,11 @@ FAULTS: dict[str, tuple[h.StsAnswer, int, str, str]] = {
     "issued-token-type-a-list": (
         h.StsAnswer.token(**token_body(issued_token_type=[URN])), 502, "bad_gateway", "bad_response",
     ),
-    "body-10-mib": (oversized_token_answer(10 * 1024 * 1024), 502, "bad_gateway", "bad_response"),
+    # over 64 KiB: Envoy buffered it, the filter refuses it unread
     "body-just-over-64-kib": (oversized_token_answer(64 * 1024 + 1), 502, "bad_gateway", "bad_response"),
+    "body-at-envoys-buffer-limit": (
+        oversized_token_answer(h.ASYNC_RESPONSE_LIMIT_BYTES), 502, "bad_gateway", "bad_response",
+    ),
     # the STS is down or overloaded: 503
     "status-500": (E(500, "server_error"), 503, "temporarily_unavailable", "unavailable"),
     "status-503-text": (
@@ -87,6 +90,11 @@ FAULTS: dict[str, tuple[h.StsAnswer, int, str, str]] = {
     ),
     "status-429": (E(429, "slow_down"), 503, "temporarily_unavailable", "unavailable"),
     "reset": (h.StsAnswer(reset=True), 503, "temporarily_unavailable", "unavailable"),
+    # over http.async_response_buffer_limit Envoy stops buffering and resets the call
+    "body-over-envoys-buffer-limit": (
+        oversized_token_answer(h.ASYNC_RESPONSE_LIMIT_BYTES + 1), 503, "temporarily_unavailable", "unavailable",
+    ),
+    "body-10-mib": (oversized_token_answer(10 * 1024 * 1024), 503, "temporarily_unavailable", "unavailable"),
     # the STS's gateway timed out: 504
     "status-504": (E(504, "gateway_timeout"), 504, "gateway_timeout", "timeout"),
 }
@@ -130,6 +138,41 @@ def test_sts_slower_than_timeout_ms_gets_504_after_the_timeout(
     assert len(sts.calls_for(subject)) == 1
     sc.assert_backend_not_called(backend, path)
     assert d.delta() == xs.deltas(cache_miss=1, timeout=1)
+
+
+def test_a_200_whose_body_trickles_past_timeout_ms_gets_504(
+    exchange, sts, backend, unique, new_subject
+):
+    # Envoy resets a call whose body is still arriving at its deadline (no 504 of its own): the
+    # filter knows its deadline and counts a timeout, not an unavailable STS.
+    subject = new_subject()
+    trickle_s = 4 * xs.SLOW_TIMEOUT_MS / 1000
+    sts.script(subject, h.StsAnswer(trickle_s=trickle_s))
+    path = unique("/corp-slow/")
+    with h.CounterDelta(exchange, xs.COUNTERS) as d:
+        started = time.monotonic()
+        resp = h.request(exchange.port("te"), path, [("authorization", f"Bearer {subject}")])
+        elapsed = time.monotonic() - started
+
+    xs.assert_exchange_error(resp, 504, "gateway_timeout", secrets=[subject])
+    timeout_s = xs.SLOW_TIMEOUT_MS / 1000
+    assert timeout_s * 0.9 <= elapsed < trickle_s, f"answered after {elapsed:.2f}s"
+    assert len(sts.calls_for(subject)) == 1
+    sc.assert_backend_not_called(backend, path)
+    assert d.delta() == xs.deltas(cache_miss=1, timeout=1)
+
+
+def test_a_reset_before_the_deadline_is_still_an_unavailable_sts(
+    exchange, sts, backend, unique, new_subject
+):
+    subject = new_subject()
+    sts.script(subject, h.StsAnswer(reset=True))
+    path = unique("/corp-slow/")
+    with h.CounterDelta(exchange, xs.COUNTERS) as d:
+        resp = h.request(exchange.port("te"), path, [("authorization", f"Bearer {subject}")])
+
+    xs.assert_exchange_error(resp, 503, "temporarily_unavailable", secrets=[subject])
+    assert d.delta() == xs.deltas(cache_miss=1, unavailable=1)
 
 
 @pytest.mark.parametrize(

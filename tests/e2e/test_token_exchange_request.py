@@ -185,6 +185,35 @@ def test_a_bearer_that_is_not_one_rfc6750_token_gets_401_without_calling_the_sts
     assert d.delta() == xs.deltas(subject_malformed=1)
 
 
+@pytest.mark.parametrize("protocol", ["http1", "h2c"])
+def test_two_authorization_headers_are_refused_and_neither_token_is_exchanged(
+    exchange, sts, backend, unique, new_subject, protocol
+):
+    # Envoy joins repeated Authorization headers with a comma: "Bearer X,Bearer Y" is not one
+    # RFC 6750 token, so nothing is exchanged and the backend is never called.
+    first, second = new_subject(), new_subject()
+    path = unique("/corp/")
+    headers = [("authorization", f"Bearer {first}"), ("authorization", f"Bearer {second}")]
+    send = h.request if protocol == "http1" else h.request_h2c
+    with h.CounterDelta(exchange, xs.COUNTERS) as d:
+        resp = send(exchange.port("te"), path, headers)
+
+    xs.assert_exchange_error(resp, 401, "invalid_token", secrets=[first, second])
+    assert sts.calls_for(first) == [] and sts.calls_for(second) == []
+    assert not any(first in c.blob() or second in c.blob() for c in sts.calls)
+    sc.assert_backend_not_called(backend, path)
+    assert d.delta() == xs.deltas(subject_malformed=1)
+
+
+def test_one_authorization_header_over_h2c_is_exchanged(exchange, sts, backend, unique, new_subject):
+    subject = new_subject()
+    path = unique("/corp/")
+    resp = h.request_h2c(exchange.port("te"), path, [("authorization", f"Bearer {subject}")])
+
+    seen = sc.only_request(backend, path, resp)
+    assert seen.values("authorization") == [f"Bearer {sts.issued_for(subject)[0]}"]
+
+
 # --------------------------------------------------------------------------------------------
 # Cluster (upstream) filter placement
 
