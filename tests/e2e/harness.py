@@ -731,6 +731,75 @@ def bootstrap(listeners: list[dict], clusters: list[dict], runtime: dict | None 
     return boot
 
 
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+
+
+class XdsFiles:
+    """Listeners (``lds``) and/or clusters (``cds``) served to Envoy from watched files, as
+    LDS/CDS ``path_config_source``: ``dynamic(boot)`` points a bootstrap at them, ``write``
+    replaces one kind's resource, ``push`` writes and waits for Envoy's verdict."""
+
+    def __init__(self, folder: Path, kinds: Iterable[str] = ("lds",)) -> None:
+        self.dir = Path(folder)
+        self.kinds = tuple(kinds)
+        self.versions = {kind: 0 for kind in self.kinds}
+
+    def dynamic(self, boot: dict) -> dict:
+        """``boot`` with its listeners (and clusters, for ``cds``) coming from the files."""
+        boot["node"] = {"id": "outgoing-auth-test", "cluster": "outgoing-auth-test"}
+        if "lds" in self.kinds:
+            boot["static_resources"].pop("listeners", None)
+        boot["dynamic_resources"] = {
+            f"{kind}_config": {
+                "resource_api_version": "V3",
+                "path_config_source": {
+                    "path": str(self.dir / kind / f"{kind}.json"),
+                    "watched_directory": {"path": str(self.dir / kind)},
+                },
+            }
+            for kind in self.kinds
+        }
+        return boot
+
+    def write(self, kind: str, resource: dict) -> str:
+        """Replaces the file atomically (a new file in the same directory, renamed over the
+        old); returns the new version."""
+        self.versions[kind] += 1
+        version = f"{kind}-{self.versions[kind]}"
+        rtype = LISTENER_TYPE if kind == "lds" else CLUSTER_TYPE
+        folder = self.dir / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{kind}.json.tmp"
+        tmp.write_text(json.dumps({"version_info": version, "resources": [{"@type": rtype, **resource}]}))
+        os.replace(tmp, folder / f"{kind}.json")
+        return version
+
+    @staticmethod
+    def update_stats(envoy: "Envoy", kind: str) -> dict[str, int]:
+        prefix = "listener_manager.lds." if kind == "lds" else "cluster_manager.cds."
+        stats = envoy.stats(prefix)
+        return {k.removeprefix(prefix): v for k, v in stats.items() if k.removeprefix(prefix).startswith("update_")}
+
+    def push(self, envoy: "Envoy", kind: str, resource: dict, outcome: str = "success") -> str:
+        """Writes an update and waits (bounded) until Envoy counted it as ``outcome``
+        (``success`` or ``rejected``); returns its version."""
+        before = self.update_stats(envoy, kind)
+        version = self.write(kind, resource)
+        deadline = time.monotonic() + 10
+        while True:
+            after = self.update_stats(envoy, kind)
+            moved = {k: after.get(k, 0) - before.get(k, 0) for k in ("update_success", "update_rejected", "update_failure")}
+            if any(moved.values()):
+                break
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{kind} never reacted to {version}: {after}\n{envoy.log_tail()}")
+            time.sleep(0.02)
+        want = {"update_success": 0, "update_rejected": 0, "update_failure": 0, f"update_{outcome}": 1}
+        assert moved == want, f"{kind} {version}: {moved}\n{envoy.log_tail()}"
+        return version
+
+
 # --------------------------------------------------------------------------------------------
 # Envoy process
 
@@ -938,6 +1007,14 @@ class Envoy:
         """The value of one counter; 0 when it does not exist (yet)."""
         full = name if name.startswith("wasmcustom.") else STATS_PREFIX + name
         return self.stats(full).get(full, 0)
+
+    def rss_kib(self) -> int:
+        """The Envoy process's resident memory (VmRSS), in KiB."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
 
     def log_text(self) -> str:
         try:

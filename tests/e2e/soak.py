@@ -359,13 +359,6 @@ def client_process(port: int, deadline: float, budget: int, seed: int, threads: 
 # The run
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 def slope_per_minute(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, value) points, per minute."""
     if len(points) < 3:
@@ -416,7 +409,7 @@ def main() -> int:
         # each client process hands its results over when done (it cannot exit before they are read)
         while len(results) < len(procs) and time.time() < deadline + 60:
             if time.time() >= next_sample:
-                samples.append((time.time() - started, rss_kib(envoy.proc.pid)))
+                samples.append((time.time() - started, envoy.rss_kib()))
                 next_sample += SAMPLE_EVERY_S
             if time.time() >= progress_at:
                 counters = envoy.stats()
