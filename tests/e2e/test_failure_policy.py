@@ -191,8 +191,6 @@ def test_module_or_config_that_cannot_load_makes_envoy_refuse_to_start(refusals,
 # --------------------------------------------------------------------------------------------
 # Config reload from files (LDS and CDS)
 
-LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
-CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 HEADER_CONFIG = {  # the good update: github-mcp switches to header_injection
     "outgoingAuth": {"source": "inline", "backends": {"github-mcp": sc.header_env("X-API-Key", "INTERNAL_KEY")}},
 }
@@ -205,27 +203,15 @@ class Reloader:
     def __init__(self, envoy_bin: Path, workdir: Path, backend: h.EchoBackend, wasm: Path) -> None:
         self.backend = backend
         self.wasm = wasm
-        self.dir = workdir / "reload-xds"
-        self.versions = {"lds": 0, "cds": 0}
+        self.xds = h.XdsFiles(workdir / "reload-xds", ["lds", "cds"])
         # what the last accepted listener and cluster do to /github/ and /up/ requests
         self.serving = {"lds": "inject", "cds": "inject"}
         self.accepted_version = {"lds": "", "cds": ""}
         self.accepted_config = {"lds": json.dumps(INJECT_CONFIG), "cds": json.dumps(INJECT_CONFIG)}
-        boot = h.bootstrap([], [h.cluster("backend", backend.port)])
-        boot["static_resources"].pop("listeners")
+        boot = self.xds.dynamic(h.bootstrap([], [h.cluster("backend", backend.port)]))
         boot["node"] = {"id": "outgoing-auth-reload", "cluster": "outgoing-auth-reload"}
-        boot["dynamic_resources"] = {
-            f"{kind}_config": {
-                "resource_api_version": "V3",
-                "path_config_source": {
-                    "path": str(self.dir / kind / f"{kind}.json"),
-                    "watched_directory": {"path": str(self.dir / kind)},
-                },
-            }
-            for kind in ("lds", "cds")
-        }
-        self.write("lds", self.listener(INJECT_CONFIG))
-        self.write("cds", self.cluster(INJECT_CONFIG))
+        self.xds.write("lds", self.listener(INJECT_CONFIG))
+        self.xds.write("cds", self.cluster(INJECT_CONFIG))
         self.accepted_version = {"lds": "lds-1", "cds": "cds-1"}
         self.envoy = h.Envoy("reload", boot, workdir, envoy_bin, env=sc.ENV)
 
@@ -240,39 +226,10 @@ class Reloader:
         up = [module_filter(module or self.wasm, "FAIL_CLOSED", "outgoing_auth", config)]
         return h.cluster("dyn-up", self.backend.port, backend="github-mcp", upstream_filters=up)
 
-    def write(self, kind: str, resource: dict) -> str:
-        """Replaces the file atomically: a new file in the same directory, renamed over the old."""
-        self.versions[kind] += 1
-        version = f"{kind}-{self.versions[kind]}"
-        rtype = LISTENER_TYPE if kind == "lds" else CLUSTER_TYPE
-        folder = self.dir / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{kind}.json.tmp"
-        tmp.write_text(json.dumps({"version_info": version, "resources": [{"@type": rtype, **resource}]}))
-        os.replace(tmp, folder / f"{kind}.json")
-        return version
-
-    def update_stats(self, kind: str) -> dict[str, int]:
-        prefix = "listener_manager.lds." if kind == "lds" else "cluster_manager.cds."
-        stats = self.envoy.stats(prefix)
-        return {k.removeprefix(prefix): v for k, v in stats.items() if k.removeprefix(prefix).startswith("update_")}
-
     def push(self, kind: str, resource: dict, outcome: str) -> str:
         """Writes an update and waits (bounded) until Envoy counted it as ``outcome``
         (``success`` or ``rejected``); returns its version."""
-        before = self.update_stats(kind)
-        version = self.write(kind, resource)
-        deadline = time.monotonic() + 10
-        while True:
-            after = self.update_stats(kind)
-            moved = {k: after[k] - before.get(k, 0) for k in ("update_success", "update_rejected", "update_failure")}
-            if any(moved.values()):
-                break
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"{kind} never reacted to {version}: {after}\n{self.envoy.log_tail()}")
-            time.sleep(0.02)
-        want = {"update_success": 0, "update_rejected": 0, "update_failure": 0, f"update_{outcome}": 1}
-        assert moved == want, f"{kind} {version}: {moved}\n{self.envoy.log_tail()}"
+        version = self.xds.push(self.envoy, kind, resource, outcome)
         if outcome == "success":
             self.accepted_version[kind] = version
             self.accepted_config[kind] = self.filter_config(resource)
