@@ -210,8 +210,14 @@ pub fn failed_call(host_message: &[u8], elapsed_ms: u64, timeout_ms: u64) -> Exc
     if elapsed_ms.saturating_add(TIMER_SLACK_MS) >= timeout_ms {
         return ExchangeFailure::Timeout;
     }
+    // Envoy's own word for it ("reset"), if it is a short plain word.
+    let word = std::str::from_utf8(host_message)
+        .ok()
+        .filter(|w| w.len() <= 40 && w.bytes().all(|c| c.is_ascii_alphanumeric() || c == b' '))
+        .filter(|w| !w.is_empty())
+        .unwrap_or("no reason given");
     ExchangeFailure::Unavailable {
-        reason: "the call was reset before a response".to_owned(),
+        reason: format!("the call failed before a response ({word})"),
     }
 }
 

@@ -589,7 +589,11 @@ fn declare_stream_record() -> bool {
 
 /// Empties the cache slots a smaller table no longer uses (shared data cannot be freed) and
 /// records this configuration's size, so configuration updates leave no memory behind.
+/// A configuration with the cache off neither uses nor resizes the table.
 fn resize_cache_table(max_entries: u32) {
+    if max_entries == 0 {
+        return; // A configuration without a cache leaves the table to those that use one.
+    }
     let recorded = host::shared_data(cache::TABLE_SIZE_KEY).ok().flatten();
     let clear = cache::slots_to_clear(recorded.as_deref(), max_entries);
     let cleared = clear.len();

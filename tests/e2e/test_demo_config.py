@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 ENVOY_DIR = REPO / "envoy"
 sys.path.insert(0, str(ENVOY_DIR))
 import demo as demo_py  # noqa: E402
+import harness as h  # noqa: E402
 import ext_authz  # noqa: E402
 import identities as ids  # noqa: E402
 
@@ -71,6 +72,11 @@ def test_envoy_yaml_routes_each_backend_to_its_cluster_on_its_port(envoy_yaml):
     assert {f"{b}-mcp": ports[f"{b}-mcp"] for b in ids.BACKENDS} == {f"{b}-mcp": demo_py.PORTS[b] for b in ids.BACKENDS}
     assert ports["ext_authz"] == demo_py.PORTS["authz"]
     assert ports["sts"] == demo_py.PORTS["sts"]
+
+
+def test_envoy_yaml_bounds_what_envoy_buffers_of_an_sts_answer(envoy_yaml):
+    [layer] = envoy_yaml["layered_runtime"]["layers"]
+    assert layer["static_layer"]["http.async_response_buffer_limit"] == h.ASYNC_RESPONSE_LIMIT_BYTES
 
 
 def test_envoy_yaml_ext_authz_passes_the_authorization_services_headers_to_the_filter(envoy_yaml):
