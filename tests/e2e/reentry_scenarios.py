@@ -11,7 +11,7 @@ client request, and every run must give its backend exactly its own credential.
 * listener ``removal``: the same filter config in the listener chain, ``/to-<b>/`` only: the
   client credentials that no backend receives, without any re-run.
 
-set_metadata supplies a GitHub token on every listener. The filter config lists client
+set_metadata supplies a GitHub and a corporate IdP token on every listener. The filter config lists client
 credentials to remove (``removeRequestHeaders``, ``removeCookies``).
 """
 
@@ -23,7 +23,8 @@ import exchange_scenarios as xs
 import harness as h
 import scenarios as sc
 
-GITHUB_TOKEN = "gho_reentry_github_token"  # cached when exchanged: the STS gives it 300 s
+GITHUB_TOKEN = "gho_reentry_github_token"  # injected by upstream_inject, never an STS subject
+CORP_IDP_TOKEN = "corp-idp-reentry-token"  # only ever the subject of corp-idp-exchange (300 s)
 API_KEY = "reentry-internal-api-key"
 REMOVED_HEADERS = ["X-Api-Key", "X-Client-Session"]
 # The session cookies Envoy's oauth2 filter sets for the gateway's own login.
@@ -34,11 +35,11 @@ BACKENDS: dict[str, dict] = {
     "internal": sc.header_inline("X-API-Key", API_KEY),
     "public": sc.UNAUTHENTICATED,
     "corp-api": xs.token_exchange(),  # the client's own bearer is the subject
-    "corp-github": xs.token_exchange(subjectProviderName="github"),
+    "corp-idp-exchange": xs.token_exchange(subjectProviderName="corp-idp"),
 }
 
 FILTER_CONFIG = {
-    "authServer": {"upstreams": ["github"], "tokens": sc.STRUCT_TOKENS},
+    "authServer": {"upstreams": ["github", "corp-idp"], "tokens": sc.STRUCT_TOKENS},
     "removeRequestHeaders": REMOVED_HEADERS,
     "removeCookies": REMOVED_COOKIES,
     "outgoingAuth": {"backends": BACKENDS},
@@ -52,7 +53,7 @@ def config(wasm: Path, backend_port: int, sts_port: int) -> dict:
     def wasm_filter() -> dict:
         return h.wasm_filter(FILTER_CONFIG, wasm, host_env_keys=[xs.SECRET_ENV])
 
-    tokens = h.set_metadata_filter({"upstream_tokens": {"github": GITHUB_TOKEN}})
+    tokens = h.set_metadata_filter({"upstream_tokens": {"github": GITHUB_TOKEN, "corp-idp": CORP_IDP_TOKEN}})
     retry_routes = [h.route(f"/r/{name}/", f"r-{name}", retry_policy=RETRY_POLICY) for name in BACKENDS]
     redirect_routes = [
         h.route(f"/from-{name}/", "backend", backend=name, internal_redirect_policy=REDIRECT_POLICY)

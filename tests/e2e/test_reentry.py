@@ -58,8 +58,8 @@ def own_authorization(name: str, sts: h.ScriptedSts, gateway_token: str) -> list
         return [f"Bearer {rs.GITHUB_TOKEN}"]
     if name == "corp-api":
         return [f"Bearer {t}" for t in sts.issued_for(gateway_token)[-1:]]
-    if name == "corp-github":
-        return [f"Bearer {t}" for t in sts.issued_for(rs.GITHUB_TOKEN)[-1:]]
+    if name == "corp-idp-exchange":
+        return [f"Bearer {t}" for t in sts.issued_for(rs.CORP_IDP_TOKEN)[-1:]]
     return []
 
 
@@ -70,14 +70,15 @@ def assert_exactly_its_own_credential(
     where = f"backend {name} at {seen.path}"
     authorization = own_authorization(name, sts, gateway_token)
     assert seen.values("authorization") == authorization, where
-    if name in ("corp-api", "corp-github"):
+    if name in ("corp-api", "corp-idp-exchange"):
         assert authorization, f"{where}: no token was exchanged"
     assert seen.values("x-api-key") == ([rs.API_KEY] if name == "internal" else []), where
     assert seen.values("proxy-authorization") == [], where
     assert seen.values("x-client-session") == [], where
     cookies = [c.strip() for v in seen.values("cookie") for c in v.split(";")]
     assert cookies == KEPT_COOKIES, f"{where}: cookies {cookies}"
-    others = [rs.GITHUB_TOKEN] if name != "github-mcp" else []
+    others = [rs.CORP_IDP_TOKEN]
+    others += [rs.GITHUB_TOKEN] if name != "github-mcp" else []
     others += [rs.API_KEY] if name != "internal" else []
     sc.assert_no_secrets(seen.header_blob(), [*client_secrets(gateway_token), *others], where)
 
@@ -93,7 +94,6 @@ def test_every_retry_attempt_carries_the_credential_of_the_clients_original_requ
     gateway_token = new_subject()
     path = unique(f"/r/{name}/")
     headers = [*client_headers(gateway_token), (h.ECHO_FAIL_FIRST_HEADER, "1")]
-    github_calls = len(sts.calls_for(rs.GITHUB_TOKEN))
     with h.CounterDelta(reentry, ["rerun", xs.CACHE_HIT, xs.CACHE_MISS, xs.OK]) as d:
         resp = h.request(reentry.port("retry"), path, headers)
 
@@ -104,7 +104,7 @@ def test_every_retry_attempt_carries_the_credential_of_the_clients_original_requ
         assert_exactly_its_own_credential(seen, name, sts, gateway_token)
     assert attempts[0].values("authorization") == attempts[1].values("authorization")
     moved = d.delta()
-    if name in ("internal", "corp-api", "corp-github"):
+    if name in ("internal", "corp-api", "corp-idp-exchange"):
         assert moved["rerun"] == 1, moved
     if name == "corp-api":
         # The retry exchanged the client's token again and found it cached: one STS call, for
@@ -116,26 +116,25 @@ def test_every_retry_attempt_carries_the_credential_of_the_clients_original_requ
         assert (moved[xs.CACHE_MISS], moved[xs.OK], moved[xs.CACHE_HIT]) == (1, 1, 1), moved
     else:
         assert sts.calls_for(gateway_token) == [], "the gateway token went to the STS"
-    if name != "corp-github":
-        assert len(sts.calls_for(rs.GITHUB_TOKEN)) == github_calls, "the GitHub token went to the STS"
+    assert sts.calls_for(rs.GITHUB_TOKEN) == [], "an injected upstream token went to the STS"
 
 
 def test_a_retry_of_an_exchange_of_an_upstream_token_reuses_the_cached_exchange(
     reentry, backend, sts, unique, new_subject
 ):
-    # Warm the cache for the GitHub token, then retry: no second STS call.
-    h.request(reentry.port("retry"), unique("/r/corp-github/"), client_headers(new_subject()))
-    calls = len(sts.calls_for(rs.GITHUB_TOKEN))
+    # Warm the cache for the IdP token, then retry: no second STS call.
+    h.request(reentry.port("retry"), unique("/r/corp-idp-exchange/"), client_headers(new_subject()))
+    calls = len(sts.calls_for(rs.CORP_IDP_TOKEN))
     gateway_token = new_subject()
-    path = unique("/r/corp-github/")
+    path = unique("/r/corp-idp-exchange/")
     resp = h.request(reentry.port("retry"), path, [*client_headers(gateway_token), (h.ECHO_FAIL_FIRST_HEADER, "1")])
 
     assert resp.status == 200, resp.describe()
     attempts = backend.requests_for(path)
     assert len(attempts) == 2
     for seen in attempts:
-        assert_exactly_its_own_credential(seen, "corp-github", sts, gateway_token)
-    assert len(sts.calls_for(rs.GITHUB_TOKEN)) == calls, "a retry called the STS again"
+        assert_exactly_its_own_credential(seen, "corp-idp-exchange", sts, gateway_token)
+    assert len(sts.calls_for(rs.CORP_IDP_TOKEN)) == calls, "a retry called the STS again"
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,9 +159,10 @@ def test_a_redirected_request_carries_only_its_new_backends_credential(
     assert_exactly_its_own_credential(first, origin, sts, gateway_token)
     assert_exactly_its_own_credential(redirected, target, sts, gateway_token)
     # The STS only ever sees the subject a strategy names: the client's token for corp-api, the
-    # GitHub token for corp-github (subjectProviderName); never a token another run set.
+    # IdP token for corp-idp-exchange (subjectProviderName); never a token another run set (the
+    # GitHub token injected for github-mcp, a token issued for the first backend).
     allowed = {gateway_token} if "corp-api" in (origin, target) else set()
-    allowed |= {rs.GITHUB_TOKEN} if "corp-github" in (origin, target) else set()
+    allowed |= {rs.CORP_IDP_TOKEN} if "corp-idp-exchange" in (origin, target) else set()
     subjects = {c.subject for c in sts.calls[calls_before:]}
     assert subjects <= allowed, f"STS subjects {subjects}, allowed {allowed}"
     assert len(sts.calls_for(gateway_token)) <= 1, "the second exchange comes from the cache"

@@ -31,10 +31,10 @@ MARGIN_S = 3.0  # a loaded 2-core machine: scheduling, not the filter
 TRAP_SIGNS = ("panicked", "wasm trap", "Function: proxy_on_", "Wasm VM failed", "Plugin configured to fail closed")
 
 
-def big_answer() -> h.StsAnswer:
-    head = json.dumps({"access_token": "xt-in-a-10-mib-answer", "token_type": "Bearer",
+def big_answer(size: int) -> h.StsAnswer:
+    head = json.dumps({"access_token": "xt-in-a-big-answer", "token_type": "Bearer",
                        "issued_token_type": h.ACCESS_TOKEN_URN, "padding": ""})[:-2]
-    return h.StsAnswer(200, (head + "a" * (10 * 1024 * 1024) + '"}').encode())
+    return h.StsAnswer(200, (head + "a" * size + '"}').encode())
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,9 @@ GROUPS: dict[str, Group] = {
     "silent": Group("/corp-slow/", None, 504, "gateway_timeout", SLOW_TIMEOUT_S),
     "status-500": Group("/corp/", E(500, "server_error"), 503, "temporarily_unavailable", 5.0),
     "status-429": Group("/corp/", E(429, "slow_down"), 503, "temporarily_unavailable", 5.0),
-    "body-10-mib": Group("/corp/", big_answer(), 502, "bad_gateway", 5.0),
+    # over 64 KiB: refused unread; over http.async_response_buffer_limit: Envoy resets the call
+    "body-512-kib": Group("/corp/", big_answer(512 * 1024), 502, "bad_gateway", 5.0),
+    "body-10-mib": Group("/corp/", big_answer(10 * 1024 * 1024), 503, "temporarily_unavailable", 5.0),
     "invalid-json": Group("/corp/", h.StsAnswer(200, b'{"access_token": "xt-cut'), 502, "bad_gateway", 5.0),
     "reset": Group("/corp/", h.StsAnswer(reset=True), 503, "temporarily_unavailable", 5.0),
 }
