@@ -16,7 +16,7 @@ NOOP_WASM   := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_noop.wasm
 INJECT_WASM := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_inject.wasm
 NAIVE_WASM  := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_naive.wasm
 
-.PHONY: help setup build cli test test-unit test-e2e lint run bench bench-micro soak clean
+.PHONY: help setup build cli install test test-unit test-e2e lint run bench bench-micro soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,11 @@ build: setup ## Build the filter: target/wasm32-wasip1/release/outgoing_auth.was
 cli: ## Build the native outgoing-auth CLI (validate, convert, crd): target/release/outgoing-auth
 	cargo build --release --bin outgoing-auth
 	@echo "built target/release/outgoing-auth; try: target/release/outgoing-auth --help"
+
+INSTALL_ROOT ?=
+install: ## Install the outgoing-auth CLI with cargo install: ~/.cargo/bin (on PATH with rustup), or INSTALL_ROOT=DIR for DIR/bin
+	cargo install --locked --path . --bin outgoing-auth $(if $(INSTALL_ROOT),--root $(INSTALL_ROOT))
+	@command -v outgoing-auth >/dev/null || echo "note: the directory outgoing-auth was installed into is not on PATH"
 
 test: test-unit test-e2e ## Everything: native unit tests, then end-to-end tests against a real Envoy
 
