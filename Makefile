@@ -16,7 +16,7 @@ NOOP_WASM   := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_noop.wasm
 INJECT_WASM := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_inject.wasm
 NAIVE_WASM  := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_naive.wasm
 
-.PHONY: help setup build cli install test test-unit test-e2e lint run bench bench-micro soak clean
+.PHONY: help setup build cli install readme-figures test test-unit test-e2e lint run bench bench-micro soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ INSTALL_ROOT ?=
 install: ## Install the outgoing-auth CLI with cargo install: ~/.cargo/bin (on PATH with rustup), or INSTALL_ROOT=DIR for DIR/bin
 	cargo install --locked --path . --bin outgoing-auth $(if $(INSTALL_ROOT),--root $(INSTALL_ROOT))
 	@command -v outgoing-auth >/dev/null || echo "note: the directory outgoing-auth was installed into is not on PATH"
+
+readme-figures: build ## Rewrite the README's figures about the build (the .wasm size) from the module just built
+	$(PY) tests/readme_figures.py --write $(WASM)
 
 test: test-unit test-e2e ## Everything: native unit tests, then end-to-end tests against a real Envoy
 
