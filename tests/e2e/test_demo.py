@@ -320,10 +320,11 @@ def readme_start_output() -> list[str]:
 
 def as_in_the_readme(line: str, demo: DemoProcess) -> str:
     """A line of this run with what differs between runs made the same: pids, STS client ids,
-    timestamps, the free ports this test took (as the default ports), the run directory."""
+    token lifetimes, timestamps, the free ports this test took (as the default ports), the run directory."""
     line = line.replace(f"{demo.run_dir}/", ".run/")
     line = re.sub(r"\(pid \d+\)", "(pid N)", line)
     line = re.sub(r"agnt_[\w-]+", "agnt_ID", line)
+    line = re.sub(r"expires in \d+s", "expires in Ns", line)
     line = re.sub(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\]", "[TIME]", line)
     for name, port in demo.ports.items():
         line = re.sub(rf"(?<!\d){port}(?!\d)", str(demo_py.PORTS[name]), line)

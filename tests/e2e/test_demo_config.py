@@ -167,6 +167,7 @@ def test_compose_envoy_runs_envoy_yaml_with_the_demo_envoy_arguments(compose, en
     stages = dockerfile_stages(REPO / "envoy" / "envoy.Dockerfile")
     builder, runtime = stages
     assert ["RUN", "make wasm"] in builder["steps"]
+    assert re.search(r"^wasm:", (REPO / "Makefile").read_text(), re.M), "the Makefile has no wasm target"
     module = BUILT_WASM.relative_to(REPO)
     assert ["COPY", f"--from={builder['name']} /src/{module} {filename}"] in runtime["steps"]
     assert (ENVOY_DIR / mounts["/etc/envoy/envoy.yaml"]).resolve() == demo_py.ENVOY_YAML
