@@ -510,18 +510,22 @@ pub fn istio_phase_comment(config: &FilterConfig, phase: Option<&str>) -> Vec<St
             }
         }
         Some(p @ ("AUTHN" | "AUTHZ")) => {
-            let before = if p == "AUTHN" {
-                "authentication (RequestAuthentication) and authorization"
+            let (filters, which) = if p == "AUTHN" {
+                (
+                    "authentication",
+                    "(RequestAuthentication) and authorization filters, which then see the",
+                )
             } else {
-                "authorization (AuthorizationPolicy)"
+                (
+                    "authorization",
+                    "(AuthorizationPolicy) filters, which then see the",
+                )
             };
             out.push(format!(
-                "Phase {p} (--phase): Istio inserts the filter before its {before}"
+                "Phase {p} (--phase): Istio inserts the filter before its {filters}"
             ));
-            out.push(
-                "filters, which then see the credential the filter set, not the client's."
-                    .to_owned(),
-            );
+            out.push(which.to_owned());
+            out.push("credential the filter set, not the client's.".to_owned());
             if upstream_tokens {
                 out.push(
                     "This config reads upstream tokens from dynamic metadata: an auth step that runs"
