@@ -30,7 +30,7 @@ setup: $(SETUP_STAMP) ## Install what builds and tests need: the wasm target, .v
 $(SETUP_STAMP): Makefile $(PY_REQUIREMENTS) $(NPM_LOCK)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
-	@command -v npm >/dev/null || { echo "make setup: npm is needed for the tests' data (apt-get install npm)" >&2; exit 1; }
+	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq npm; }
 	cd tests && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	@touch $@
 
