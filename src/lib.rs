@@ -4,6 +4,7 @@
 //! Everything but [`filter`] and [`host`] is host-independent and unit-tested natively; those two
 //! modules are the thin proxy-wasm adapter and only exist in the wasm build.
 
+pub mod base64;
 pub mod cache;
 pub mod config;
 pub mod error;

@@ -682,7 +682,7 @@ pub fn form_encode(data: &[u8]) {
         .collect();
     assert_eq!(ref_form_decode(&encoded), owned, "decode(encode(x)) != x");
 
-    let b64 = exchange::base64(data);
+    let b64 = outgoing_auth::base64::standard(data);
     assert_eq!(b64.len(), data.len().div_ceil(3) * 4);
     assert_eq!(ref_base64_decode(&b64).as_deref(), Some(data));
 
