@@ -41,7 +41,35 @@ pub struct Config {
     pub backend_name_sources: Vec<BackendNameSource>,
     /// Client credentials to remove before any backend (Envoy addition).
     pub removal: CredentialRemoval,
+    /// The hand-off across Envoy's mcp_router (Envoy addition); `None`: this instance reads
+    /// the upstream tokens from dynamic metadata itself.
+    pub handoff: Option<HandoffConfig>,
 }
+
+/// The `handoff` block: this instance issues the hand-off (listener chain, before mcp_router) or
+/// accepts it (a backend cluster's filters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoffConfig {
+    pub mode: HandoffMode,
+    /// Lower case.
+    pub header: String,
+    /// `keyEnv`: a secret shared by the issuing and accepting instances; `None`: the instances
+    /// of one `vm_id` share a random key made at startup.
+    pub key: Option<SecretSource>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoffMode {
+    /// `clientBearer`: also hand off the client's own `Authorization` (for a token_exchange of
+    /// the client's bearer behind mcp_router, which does not forward it).
+    Issue {
+        client_bearer: bool,
+    },
+    Accept,
+}
+
+/// A `handoff.keyEnv` secret shorter than this is refused (it keys the seal).
+pub const MIN_HANDOFF_KEY_BYTES: usize = 32;
 
 /// `removeRequestHeaders` and `removeCookies`: client credentials (besides `Authorization` and
 /// `Proxy-Authorization`, always handled) that no backend receives.
@@ -362,13 +390,23 @@ fn decode(
             "backendNameSources",
             "removeRequestHeaders",
             "removeCookies",
+            "handoff",
         ],
     )?;
     let auth_server_value = top.get("authServer");
     let auth_server = auth_server_value.and_then(|v| d.auth_server(v, "authServer"));
     let auth_server_broken = auth_server_value.is_some() && auth_server.is_none();
+    let handoff = top.get("handoff").and_then(|v| d.handoff(v, "handoff"));
+    let issuing = matches!(
+        handoff,
+        Some(HandoffConfig {
+            mode: HandoffMode::Issue { .. },
+            ..
+        })
+    );
     let outgoing_auth = match top.get("outgoingAuth") {
         Some(v) => d.outgoing_auth(v, "outgoingAuth"),
+        None if issuing => Some(OutgoingAuth::default()),
         None => {
             d.problems.report(
                 Rule::S04,
@@ -388,6 +426,15 @@ fn decode(
         headers: d.removal_list(&top, "removeRequestHeaders", RemovalKind::Header),
         cookies: d.removal_list(&top, "removeCookies", RemovalKind::Cookie),
     };
+    if let (true, Some(handoff)) = (issuing, &handoff) {
+        d.check_issuer(
+            &top,
+            handoff,
+            auth_server.as_ref(),
+            outgoing_auth.as_ref(),
+            &removal,
+        );
+    }
     Some(Decoded {
         config: Config {
             auth_server,
@@ -395,6 +442,7 @@ fn decode(
             exchange_cache,
             backend_name_sources,
             removal,
+            handoff,
         },
         auth_server_broken,
     })
@@ -750,6 +798,139 @@ impl Decoder<'_, '_> {
             }
         }
         out
+    }
+
+    fn handoff(&mut self, v: &Value, path: &str) -> Option<HandoffConfig> {
+        let obj = self.object(v, path, &["mode", "header", "keyEnv", "clientBearer"])?;
+        let mode = self.required_string(
+            &obj,
+            "mode",
+            "issue (listener chain, before mcp_router) or accept (a backend cluster's filters)",
+        )?;
+        let client_bearer = match obj.get("clientBearer") {
+            None => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                self.wrong_type(&obj.field("clientBearer"), "a boolean", other);
+                None
+            }
+        };
+        let mode = match mode {
+            "issue" => HandoffMode::Issue {
+                client_bearer: client_bearer.unwrap_or(false),
+            },
+            "accept" => {
+                if client_bearer.is_some() {
+                    self.problems.report(
+                        Rule::S17,
+                        &obj.field("clientBearer"),
+                        "clientBearer belongs to the issuing instance (mode issue): it decides what \
+                         the hand-off carries; remove it here",
+                    );
+                }
+                HandoffMode::Accept
+            }
+            other => {
+                self.problems.report(
+                    Rule::S17,
+                    &obj.field("mode"),
+                    format!(
+                        "unknown handoff mode {}; use \"issue\" in the listener's http_filters \
+                         before mcp_router, \"accept\" in each backend cluster's filters",
+                        quote(other)
+                    ),
+                );
+                return None;
+            }
+        };
+        let header = match self.string(&obj, "header") {
+            None => crate::handoff::DEFAULT_HEADER.to_owned(),
+            Some(name) => {
+                let lower = name.to_ascii_lowercase();
+                if !self.header_name(name, &obj.field("header")) {
+                    return None;
+                }
+                if ["authorization", "proxy-authorization", "cookie"].contains(&lower.as_str()) {
+                    self.problems.report(
+                        Rule::S17,
+                        &obj.field("header"),
+                        format!(
+                            "header {} carries client credentials; name a header of its own for \
+                             the hand-off (default {})",
+                            quote(name),
+                            crate::handoff::DEFAULT_HEADER
+                        ),
+                    );
+                    return None;
+                }
+                lower
+            }
+        };
+        let key = if obj.get("keyEnv").is_some() {
+            let key = self.secret(&obj, "", "keyEnv", false)?;
+            if key.value.expose().len() < MIN_HANDOFF_KEY_BYTES {
+                self.problems.report(
+                    Rule::S17,
+                    &obj.field("keyEnv"),
+                    format!(
+                        "the value of environment variable {} is shorter than \
+                         {MIN_HANDOFF_KEY_BYTES} bytes; give both instances a long random secret \
+                         (e.g. `openssl rand -base64 48`)",
+                        key.env.as_deref().unwrap_or("keyEnv")
+                    ),
+                );
+                return None;
+            }
+            Some(key)
+        } else {
+            None
+        };
+        Some(HandoffConfig { mode, header, key })
+    }
+
+    /// An issuing instance applies no backend strategy and removes nothing: say so if the
+    /// configuration asks it to, and that it must hand off something.
+    fn check_issuer(
+        &mut self,
+        top: &Obj<'_>,
+        handoff: &HandoffConfig,
+        auth_server: Option<&AuthServer>,
+        outgoing_auth: Option<&OutgoingAuth>,
+        removal: &CredentialRemoval,
+    ) {
+        let applies_strategies =
+            outgoing_auth.is_some_and(|o| o.default.is_some() || !o.backends.is_empty());
+        if applies_strategies {
+            self.problems.report(
+                Rule::S17,
+                &top.field("outgoingAuth"),
+                "an issuing instance (handoff mode issue) never applies a backend strategy: it \
+                 runs before mcp_router picks the backend. Put outgoingAuth in the accepting \
+                 instances on the backends' clusters, and remove it here",
+            );
+        }
+        if !removal.headers.is_empty() || !removal.cookies.is_empty() {
+            self.problems.report(
+                Rule::S17,
+                &top.field("removeRequestHeaders"),
+                "removeRequestHeaders and removeCookies apply where the backend's credential is \
+                 set: put them in the accepting instances (handoff mode accept)",
+            );
+        }
+        let client_bearer = matches!(
+            handoff.mode,
+            HandoffMode::Issue {
+                client_bearer: true
+            }
+        );
+        if auth_server.is_none() && !client_bearer {
+            self.problems.report(
+                Rule::S17,
+                &top.field("handoff"),
+                "an issuing instance with neither authServer (the upstream tokens to hand off) \
+                 nor clientBearer: true has nothing to hand off",
+            );
+        }
     }
 
     fn exchange_cache(&mut self, v: &Value, path: &str) -> Option<CacheSettings> {

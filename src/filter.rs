@@ -1,6 +1,7 @@
 //! The proxy-wasm adapter: configuration loading and the request path. All decisions are made
 //! by the host-independent modules; this file only moves bytes between them and the host.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -12,15 +13,16 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType};
 
 use crate::cache::{self, CacheKey, CacheSettings};
-use crate::config;
+use crate::config::{self, HandoffConfig, HandoffMode};
 use crate::error::AuthError;
 use crate::exchange::{self, ExchangeFailure, Issued, StsRequest};
 use crate::flights::{Departure, Flights};
+use crate::handoff::{self, Handoff, HandoffProblem, Key};
 use crate::host;
 use crate::http;
 use crate::metadata;
 use crate::stats::Counter;
-use crate::strategy::{Decision, Edit, ExchangePlan, Plan, Plans, RequestView};
+use crate::strategy::{Decision, Edit, ExchangePlan, Plan, Plans, RequestView, UpstreamRef};
 use crate::stream::{self, StreamRecord};
 
 /// Metric ids, by [`Counter::index`]; `None` when the host refused to define one.
@@ -42,6 +44,83 @@ struct Runtime {
     flights: RefCell<Flights<StsCall>>,
     /// Calls the root context made for flights whose requester went away: call token → key.
     root_calls: RefCell<HashMap<u32, CacheKey>>,
+    /// This instance's part in the mcp_router hand-off, if any.
+    handoff: Option<HandoffRuntime>,
+}
+
+/// An issuing or accepting instance of the hand-off (see [`crate::handoff`]).
+struct HandoffRuntime {
+    mode: HandoffMode,
+    /// Lower case.
+    header: String,
+    key: RefCell<Key>,
+    /// The key is the VM's shared random one (not `keyEnv`): re-read it when a seal does not open,
+    /// in case another VM made it first.
+    shared_key: bool,
+    /// Issuing: every configured provider, read from dynamic metadata.
+    upstreams: Vec<UpstreamRef>,
+}
+
+impl HandoffRuntime {
+    fn new(config: &HandoffConfig, upstreams: Vec<UpstreamRef>) -> Result<Self, String> {
+        let (key, shared_key) = match &config.key {
+            Some(secret) => (Key::derive(secret.value.expose()), false),
+            None => (shared_handoff_key()?, true),
+        };
+        Ok(HandoffRuntime {
+            mode: config.mode,
+            header: config.header.clone(),
+            key: RefCell::new(key),
+            shared_key,
+            upstreams,
+        })
+    }
+
+    fn accepting(&self) -> bool {
+        self.mode == HandoffMode::Accept
+    }
+
+    /// Opens a sealed hand-off; when it does not open under the cached shared key, once more
+    /// under the key in shared data (another VM may have made it first).
+    fn open(&self, sealed: &[u8]) -> Result<Handoff, HandoffProblem> {
+        let now = host::now_ms().unwrap_or(0);
+        let opened = Handoff::open(sealed, &self.key.borrow(), now);
+        match opened {
+            Err(HandoffProblem::NotSealedHere) if self.shared_key => {
+                let current = host::shared_data(handoff::SHARED_KEY_NAME)
+                    .ok()
+                    .flatten()
+                    .and_then(|k| Key::from_slice(&k));
+                match current {
+                    Some(key) if key != *self.key.borrow() => {
+                        let again = Handoff::open(sealed, &key, now);
+                        *self.key.borrow_mut() = key;
+                        again
+                    }
+                    _ => opened,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// The key the instances of this `vm_id` share: made at random by the first that needs it.
+fn shared_handoff_key() -> Result<Key, String> {
+    let stored = || {
+        host::shared_data(handoff::SHARED_KEY_NAME)
+            .map(|k| k.and_then(|k| Key::from_slice(&k)))
+            .map_err(|status| format!("cannot read the hand-off key from shared data ({status:?})"))
+    };
+    if let Some(key) = stored()? {
+        return Ok(key);
+    }
+    let mut fresh = [0u8; handoff::KEY_BYTES];
+    host::random_bytes(&mut fresh).map_err(|e| format!("cannot make a hand-off key ({e})"))?;
+    host::set_shared_data(handoff::SHARED_KEY_NAME, &fresh)
+        .map_err(|status| format!("cannot store the hand-off key ({status:?})"))?;
+    // Two VMs may have raced: adopt whichever key shared data kept.
+    stored()?.ok_or_else(|| "the hand-off key vanished from shared data".to_owned())
 }
 
 /// What is needed to (re)send an STS call.
@@ -84,20 +163,46 @@ impl Runtime {
     }
 
     fn on_request_headers(&self, context_id: u32, exchange_key: &mut Option<CacheKey>) -> Action {
+        if let Some(issuer) = self.handoff.as_ref().filter(|h| !h.accepting()) {
+            return self.issue_handoff(issuer).unwrap_or_else(|err| {
+                warn!("outgoing-auth: hand-off not issued: {err}");
+                self.count(Counter::HostError);
+                reply(&err)
+            });
+        }
         let backend = backend_name(self.plans.backend_name_paths());
         let plan = self.plans.for_backend(backend.as_deref());
         let result = self.start_from_client_request(plan).and_then(|record| {
-            let token = match plan.token_path() {
-                Some(path) => host::get_property(path).map_err(|status| {
-                    debug!("outgoing-auth: reading the upstream token failed: {status:?}");
-                }),
-                None => Ok(None),
+            // Accepting: the tokens come from the hand-off; otherwise from dynamic metadata.
+            let handoff = self.accepted_handoff(plan, &record, backend.as_deref());
+            let token: Result<Option<Cow<'_, [u8]>>, ()> = match (&handoff, plan.upstream()) {
+                (_, None) => Ok(None),
+                (Some(h), Some(upstream)) => Ok(h
+                    .as_ref()
+                    .and_then(|h| h.token(&upstream.provider))
+                    .map(|t| Cow::Borrowed(t.as_bytes()))),
+                (None, Some(upstream)) => host::get_property(&upstream.token_path)
+                    .map(|t| t.map(Cow::Owned))
+                    .map_err(|status| {
+                        debug!("outgoing-auth: reading the upstream token failed: {status:?}");
+                    }),
             };
-            let upstream_token = token.as_ref().map(Option::as_deref).map_err(|_| ());
+            let upstream_token = token.as_ref().map(|t| t.as_deref()).map_err(|_| ());
+            let (typed_string, authorization) = match &handoff {
+                // The issuing instance checked that each token is a string.
+                Some(h) => (
+                    Some(true),
+                    h.as_ref().and_then(|h| h.client_authorization.as_deref()),
+                ),
+                None => (
+                    typed_string(plan.upstream(), upstream_token),
+                    record.client_authorization.as_deref(),
+                ),
+            };
             let view = RequestView {
                 upstream_token,
-                typed_string: typed_string(plan, upstream_token),
-                authorization: record.client_authorization.as_deref(),
+                typed_string,
+                authorization,
             };
             match plan.decide(view, self.plans.tokens.max_token_bytes)? {
                 Decision::Forward(edit) => {
@@ -122,15 +227,22 @@ impl Runtime {
     /// which holds the client's own `Authorization` when the configuration reads it.
     fn start_from_client_request(&self, plan: &Plan) -> Result<StreamRecord, AuthError> {
         let mut record = StreamRecord::default();
-        if self.plans.uses_stream_record() {
+        let accepting = self.handoff.as_ref().filter(|h| h.accepting());
+        // Behind mcp_router the client's bearer comes in the hand-off, not in the headers.
+        let reads_client_bearer = self.plans.reads_client_bearer() && accepting.is_none();
+        if self.plans.uses_stream_record() || accepting.is_some() {
             let stored = host::get_property(stream::PROPERTY.as_bytes())
                 .map_err(|_| host_error("read what earlier runs did to the request"))?;
             let first_run = stored.is_none();
             match stored.as_deref().map(StreamRecord::decode) {
                 None => {
-                    if self.plans.reads_client_bearer() {
+                    if reads_client_bearer {
                         record.client_authorization = host::request_header("authorization")
                             .map_err(|_| host_error("read the client's Authorization header"))?;
+                    }
+                    if let Some(acceptor) = accepting {
+                        record.handoff = host::request_header(&acceptor.header)
+                            .map_err(|_| host_error("read the hand-off header"))?;
                     }
                 }
                 Some(Some(earlier)) => {
@@ -142,14 +254,97 @@ impl Runtime {
                 }
                 Some(None) => return Err(host_error("read what earlier runs did to the request")),
             }
+            if let Some(acceptor) = accepting {
+                // Never to a backend, whatever this run does next.
+                remove_header(&acceptor.header)?;
+            }
             let sets_new = plan.custom_header().is_some_and(|n| record.note_set(n));
-            if (first_run && self.plans.reads_client_bearer()) || sets_new {
+            let remember = reads_client_bearer || record.handoff.is_some();
+            if (first_run && remember) || sets_new {
                 host::set_property(stream::PROPERTY.as_bytes(), &record.encode())
                     .map_err(|_| host_error("remember the client's request"))?;
             }
         }
         self.remove_client_credentials()?;
         Ok(record)
+    }
+
+    /// For an accepting instance (`Some`): the hand-off this request carried, opened, when the
+    /// backend's strategy needs what it holds (`None` inside when none came or it does not
+    /// open: the strategy then finds no token). `None` for every other instance.
+    fn accepted_handoff(
+        &self,
+        plan: &Plan,
+        record: &StreamRecord,
+        backend: Option<&[u8]>,
+    ) -> Option<Option<Handoff>> {
+        let acceptor = self.handoff.as_ref().filter(|h| h.accepting())?;
+        if plan.upstream().is_none() && !plan.needs_client_bearer() {
+            return Some(None);
+        }
+        let Some(sealed) = record.handoff.as_deref() else {
+            self.count(Counter::HandoffMissing);
+            return Some(None);
+        };
+        match acceptor.open(sealed) {
+            Ok(handoff) => {
+                self.count(Counter::HandoffAccepted);
+                Some(Some(handoff))
+            }
+            Err(problem) => {
+                self.count(Counter::HandoffRejected);
+                warn!(
+                    "outgoing-auth: backend {}: {problem}; it counts as absent",
+                    backend_label(backend)
+                );
+                Some(None)
+            }
+        }
+    }
+
+    /// The issuing instance's whole job: the upstream tokens (and, with `clientBearer`, the
+    /// client's `Authorization`) sealed into the hand-off header, replacing any the client sent.
+    fn issue_handoff(&self, issuer: &HandoffRuntime) -> Result<Action, AuthError> {
+        let sent = host::request_header(&issuer.header)
+            .map_err(|_| host_error("read the hand-off header"))?;
+        if sent.is_some() {
+            self.count(Counter::HandoffSpoofed);
+            debug!("outgoing-auth: the client sent a hand-off header; it is replaced");
+        }
+        let mut handoff = Handoff {
+            issued_at_ms: host::now_ms().map_err(|_| host_error("read the clock"))?,
+            ..Handoff::default()
+        };
+        for upstream in &issuer.upstreams {
+            let raw = host::get_property(&upstream.token_path);
+            let raw = raw.as_ref().map(Option::as_deref).map_err(|_| ());
+            let view = RequestView {
+                upstream_token: raw,
+                typed_string: typed_string(Some(upstream), raw),
+                authorization: None,
+            };
+            // A missing or unusable token is left out: the backend then gets the usual 401.
+            if let Ok(token) = upstream.token(&view, self.plans.tokens.max_token_bytes) {
+                handoff
+                    .upstream_tokens
+                    .push((upstream.provider.clone(), token.to_owned()));
+            }
+        }
+        if issuer.mode
+            == (HandoffMode::Issue {
+                client_bearer: true,
+            })
+        {
+            handoff.client_authorization = host::request_header("authorization")
+                .map_err(|_| host_error("read the client's Authorization header"))?;
+        }
+        let mut nonce = [0u8; handoff::NONCE_BYTES];
+        host::random_bytes(&mut nonce).map_err(|_| host_error("make a hand-off nonce"))?;
+        let value = handoff.seal(&issuer.key.borrow(), &nonce);
+        host::set_request_header(&issuer.header, value.as_bytes())
+            .map_err(|_| host_error("set the hand-off header"))?;
+        self.count(Counter::HandoffIssued);
+        Ok(Action::Continue)
     }
 
     /// Removes `Proxy-Authorization`, the `removeRequestHeaders` and the `removeCookies`.
@@ -335,10 +530,7 @@ impl Runtime {
     }
 
     fn log_rejection(&self, err: &AuthError, plan: &Plan, backend: Option<&[u8]>) {
-        let backend = backend.map_or_else(
-            || "<none>".to_owned(),
-            |b| format!("{:?}", String::from_utf8_lossy(b)),
-        );
+        let backend = backend_label(backend);
         let kind = plan.type_name();
         match err {
             AuthError::UpstreamTokenNotFound { problem, .. } => {
@@ -362,6 +554,14 @@ impl Runtime {
             _ => warn!("outgoing-auth: backend {backend} ({kind}): {err}"),
         }
     }
+}
+
+/// A backend name for a log line: quoted (so it cannot forge one), or `<none>`.
+fn backend_label(backend: Option<&[u8]>) -> String {
+    backend.map_or_else(
+        || "<none>".to_owned(),
+        |b| format!("{:?}", String::from_utf8_lossy(b)),
+    )
 }
 
 /// Reads the STS answer to `call` inside `on_http_call_response`.
@@ -451,7 +651,18 @@ impl RootContext for Root {
                     warn!("outgoing-auth: {warning}");
                 }
                 let plans = Plans::build(&loaded.config);
-                if plans.uses_stream_record() && !declare_stream_record() {
+                let handoff = match &loaded.config.handoff {
+                    Some(h) => match HandoffRuntime::new(h, Plans::upstream_refs(&loaded.config)) {
+                        Ok(runtime) => Some(runtime),
+                        Err(why) => {
+                            error!("outgoing-auth: configuration rejected: {why}");
+                            return false;
+                        }
+                    },
+                    None => None,
+                };
+                let accepting = handoff.as_ref().is_some_and(HandoffRuntime::accepting);
+                if (plans.uses_stream_record() || accepting) && !declare_stream_record() {
                     return false;
                 }
                 resize_cache_table(loaded.config.exchange_cache.max_entries);
@@ -471,6 +682,7 @@ impl RootContext for Root {
                     counters,
                     flights: RefCell::new(Flights::default()),
                     root_calls: RefCell::new(HashMap::new()),
+                    handoff,
                 }));
                 true
             }
@@ -611,8 +823,8 @@ fn resize_cache_table(max_entries: u32) {
 /// Whether the typed metadata says the upstream token is a string: read (one more host call)
 /// only for the 8-byte values that could be a Struct number; `None` otherwise, or when the
 /// typed read fails (the decision then refuses such a value).
-fn typed_string(plan: &Plan, raw: Result<Option<&[u8]>, ()>) -> Option<bool> {
-    let (Some(upstream), Ok(Some(raw))) = (plan.upstream(), raw) else {
+fn typed_string(upstream: Option<&UpstreamRef>, raw: Result<Option<&[u8]>, ()>) -> Option<bool> {
+    let (Some(upstream), Ok(Some(raw))) = (upstream, raw) else {
         return None;
     };
     if !metadata::may_be_number(raw) {

@@ -106,6 +106,12 @@ extern "C" {
     ) -> Status;
 }
 
+// WASI's randomness (the host's CSPRNG), as Rust's std binds it too.
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    fn random_get(buf: *mut u8, buf_len: usize) -> u16;
+}
+
 fn check(status: Status) -> Result<(), Status> {
     match status {
         Status::Ok => Ok(()),
@@ -330,5 +336,14 @@ pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<(), Status> {
         );
         drop(owned(data, size));
         check(status)
+    }
+}
+
+/// Fills `buf` from the host's cryptographically secure random source; the WASI errno on failure.
+pub fn random_bytes(buf: &mut [u8]) -> Result<(), u16> {
+    // SAFETY: the pointer and length come from a live, writable slice.
+    match unsafe { random_get(buf.as_mut_ptr(), buf.len()) } {
+        0 => Ok(()),
+        errno => Err(errno),
     }
 }

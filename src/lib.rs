@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod exchange;
 pub mod flights;
+pub mod handoff;
 pub mod http;
 pub mod metadata;
 pub mod stats;

@@ -37,6 +37,16 @@ pub enum Counter {
     ExchangeUnavailable,
     /// token_exchange: the STS timed out; 504.
     ExchangeTimeout,
+    /// handoff issue: the hand-off header was written.
+    HandoffIssued,
+    /// handoff issue: the client sent a hand-off header of its own; removed, never used.
+    HandoffSpoofed,
+    /// handoff accept: a hand-off this Envoy sealed was opened.
+    HandoffAccepted,
+    /// handoff accept: a hand-off header that is not this Envoy's, or too old; counted as absent.
+    HandoffRejected,
+    /// handoff accept: the backend's strategy needed a hand-off and none came.
+    HandoffMissing,
     /// Envoy ran the filter again on a request it had already run on (a retry attempt of a
     /// cluster filter, an internal redirect); the run started from the client's original request.
     Rerun,
@@ -47,7 +57,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 24] = [
         Counter::UpstreamInjected,
         Counter::UpstreamTokenMissing,
         Counter::HeaderInjected,
@@ -64,6 +74,11 @@ impl Counter {
         Counter::ExchangeBadResponse,
         Counter::ExchangeUnavailable,
         Counter::ExchangeTimeout,
+        Counter::HandoffIssued,
+        Counter::HandoffSpoofed,
+        Counter::HandoffAccepted,
+        Counter::HandoffRejected,
+        Counter::HandoffMissing,
         Counter::Rerun,
         Counter::HostError,
         Counter::ConfigRejected,
@@ -87,6 +102,11 @@ impl Counter {
             Counter::ExchangeBadResponse => "outgoing_auth.token_exchange.bad_response",
             Counter::ExchangeUnavailable => "outgoing_auth.token_exchange.unavailable",
             Counter::ExchangeTimeout => "outgoing_auth.token_exchange.timeout",
+            Counter::HandoffIssued => "outgoing_auth.handoff.issued",
+            Counter::HandoffSpoofed => "outgoing_auth.handoff.spoofed",
+            Counter::HandoffAccepted => "outgoing_auth.handoff.accepted",
+            Counter::HandoffRejected => "outgoing_auth.handoff.rejected",
+            Counter::HandoffMissing => "outgoing_auth.handoff.missing",
             Counter::Rerun => "outgoing_auth.rerun",
             Counter::HostError => "outgoing_auth.host_error",
             Counter::ConfigRejected => "outgoing_auth.config.rejected",

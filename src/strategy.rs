@@ -50,7 +50,7 @@ impl UpstreamRef {
     /// The usable token in what the host read, or ToolHive's sentinel error. A value that may be
     /// a Struct number ([`metadata::may_be_number`]) is used only if the typed metadata said it
     /// is a string.
-    fn token<'t>(
+    pub fn token<'t>(
         &self,
         view: &RequestView<'t>,
         max_token_bytes: usize,
@@ -275,6 +275,16 @@ pub struct Plans {
 }
 
 impl Plans {
+    /// Every configured upstream provider, for an issuing hand-off instance to read.
+    pub fn upstream_refs(config: &Config) -> Vec<UpstreamRef> {
+        config.auth_server.as_ref().map_or_else(Vec::new, |a| {
+            a.upstreams
+                .iter()
+                .map(|p| UpstreamRef::new(p, &a.tokens))
+                .collect()
+        })
+    }
+
     pub fn build(config: &Config) -> Plans {
         let tokens = config
             .auth_server

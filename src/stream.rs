@@ -35,6 +35,7 @@ pub fn declare_property_arguments() -> Vec<u8> {
 
 const CLIENT_AUTHORIZATION: &str = "client-authorization";
 const SET_HEADER: &str = "set";
+const HANDOFF: &str = "handoff";
 
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct StreamRecord {
@@ -44,6 +45,9 @@ pub struct StreamRecord {
     /// Headers earlier runs set (lower case), other than `authorization`, which every strategy
     /// removes or replaces anyway.
     pub set_headers: Vec<String>,
+    /// The sealed hand-off header the first run of an accepting instance took off the request
+    /// (sealed, so it reveals nothing), for the runs after it.
+    pub handoff: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for StreamRecord {
@@ -55,6 +59,7 @@ impl std::fmt::Debug for StreamRecord {
                 &self.client_authorization.as_ref().map(|_| "<redacted>"),
             )
             .field("set_headers", &self.set_headers)
+            .field("handoff", &self.handoff.as_ref().map(|_| "<sealed>"))
             .finish()
     }
 }
@@ -67,6 +72,8 @@ impl StreamRecord {
         for (key, value) in pairs {
             if key == CLIENT_AUTHORIZATION.as_bytes() && record.client_authorization.is_none() {
                 record.client_authorization = Some(value.to_vec());
+            } else if key == HANDOFF.as_bytes() && record.handoff.is_none() {
+                record.handoff = Some(value.to_vec());
             } else if key == SET_HEADER.as_bytes() {
                 let name = std::str::from_utf8(value).ok()?;
                 if record.set_headers.len() < MAX_SET_HEADERS {
@@ -87,6 +94,9 @@ impl StreamRecord {
         for name in &self.set_headers {
             pairs.push((SET_HEADER, name.as_bytes()));
         }
+        if let Some(sealed) = &self.handoff {
+            pairs.push((HANDOFF, sealed.as_slice()));
+        }
         metadata::encode_pairs(&pairs)
     }
 
@@ -103,7 +113,7 @@ impl StreamRecord {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.client_authorization.is_none() && self.set_headers.is_empty()
+        self.client_authorization.is_none() && self.set_headers.is_empty() && self.handoff.is_none()
     }
 }
 
@@ -116,6 +126,7 @@ mod tests {
         let mut record = StreamRecord {
             client_authorization: Some(b"Bearer gw-token".to_vec()),
             set_headers: vec![],
+            handoff: Some(b"v1.sealed".to_vec()),
         };
         assert!(record.note_set("x-api-key"));
         assert!(!record.note_set("x-api-key"), "noted once");
@@ -169,6 +180,7 @@ mod tests {
         let record = StreamRecord {
             client_authorization: Some(b"Bearer secret-gateway-token".to_vec()),
             set_headers: vec!["x-api-key".into()],
+            handoff: None,
         };
         let text = format!("{record:?}");
         assert!(!text.contains("secret"), "{text}");

@@ -52,12 +52,15 @@ pub enum Rule {
     S15,
     /// `removeRequestHeaders` / `removeCookies`: an invalid, reserved or repeated name, or too many.
     S16,
+    /// `handoff`: an unknown mode, a bad header, a short key, or what an issuing instance
+    /// would never do (apply strategies, remove credentials) or could not (hand off nothing).
+    S17,
     /// Warning: a client secret is written inline in the configuration.
     W01,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 21] = [
+    pub const ALL: [Rule; 22] = [
         Rule::V01,
         Rule::V02,
         Rule::V05,
@@ -78,6 +81,7 @@ impl Rule {
         Rule::S14,
         Rule::S15,
         Rule::S16,
+        Rule::S17,
         Rule::W01,
     ];
 
@@ -103,6 +107,7 @@ impl Rule {
             Rule::S14 => "S-14",
             Rule::S15 => "S-15",
             Rule::S16 => "S-16",
+            Rule::S17 => "S-17",
             Rule::W01 => "W-01",
         }
     }
