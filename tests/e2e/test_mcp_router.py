@@ -40,7 +40,7 @@ def router(envoy_bin: Path, wasm_path: Path, workdir: Path, servers, router_auth
     ports = {name: s.port for name, s in servers.items()}
     ports.update(authz=router_authz.port, sts=sts.port)
     config = rs.config(wasm_path, ports, backend.port)
-    with h.Envoy("mcp-router", config, workdir, envoy_bin, env=rs.ENV) as envoy:
+    with h.Envoy("mcp-router", config, workdir, envoy_bin, env=rs.ENV, component_log_level="wasm:trace") as envoy:
         yield envoy
 
 
@@ -77,3 +77,76 @@ def test_each_backend_gets_exactly_its_own_credential_through_one_endpoint(route
             sc.assert_no_secrets(request.header_blob(), [t for t in others if t not in own], f"{name} headers")
     moved = d.delta()
     assert moved["handoff.issued"] >= 3 and moved["handoff.rejected"] == 0, moved
+
+
+def test_a_hand_off_header_the_client_sends_is_replaced_and_never_used(router, servers):
+    forged = "v1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    headers = {"Authorization": f"Bearer {ALICE}", rs.HANDOFF_HEADER: forged}
+    with h.CounterDelta(router, COUNTERS) as d:
+        got = mb.session(url(router), headers, ["github__whoami"])
+
+    assert got.calls["github__whoami"]["authorization"] == f"Bearer {rs.USERS[ALICE]['github']}"
+    moved = d.delta()
+    assert moved["handoff.spoofed"] >= 1 and moved["handoff.spoofed"] == moved["handoff.issued"], moved
+    assert moved["handoff.rejected"] == 0, moved
+    for server in servers.values():
+        assert not any(forged in r.header_blob() for r in server.all_requests())
+
+
+def mcp_post(envoy: h.Envoy, backend: str, headers: list[tuple[str, str]]) -> h.Response:
+    body = b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18",' \
+        b'"capabilities":{},"clientInfo":{"name":"t","version":"1"}}}'
+    base = [("content-type", "application/json"), ("accept", "application/json, text/event-stream")]
+    return h.request(envoy.port("direct"), f"/{backend}/mcp", [*base, *headers], method="POST", body=body)
+
+
+def sealed_elsewhere(router: h.Envoy, backend: h.EchoBackend, unique) -> str:
+    """A genuine hand-off written by an issuing instance with another key (another Envoy)."""
+    path = unique("/elsewhere/")
+    resp = h.request(router.port("elsewhere"), path, [("authorization", f"Bearer {ALICE}")])
+    seen = sc.only_request(backend, path, resp)
+    [value] = seen.values(rs.HANDOFF_HEADER)
+    return value
+
+
+@pytest.mark.parametrize("case", ["none", "forged", "from-another-envoy"])
+def test_an_accepting_instance_reached_without_this_envoys_issuer_uses_no_hand_off(
+    router, servers, backend, unique, case
+):
+    headers = [("authorization", f"Bearer {ALICE}")]
+    if case == "forged":
+        headers.append((rs.HANDOFF_HEADER, "v1." + "A" * 120))
+    elif case == "from-another-envoy":
+        headers.append((rs.HANDOFF_HEADER, sealed_elsewhere(router, backend, unique)))
+    before = len(servers["github"].all_requests())
+    with h.CounterDelta(router, COUNTERS) as d:
+        resp = mcp_post(router, "github", headers)
+
+    assert resp.status == 401, resp.describe()
+    assert resp.header("www-authenticate") == sc.missing_token_www_authenticate("github")
+    assert len(servers["github"].all_requests()) == before, "the backend was called"
+    moved = d.delta()
+    assert moved["handoff.accepted"] == 0, moved
+    assert moved["handoff.missing" if case == "none" else "handoff.rejected"] == 1, moved
+
+
+def test_a_backend_that_needs_no_upstream_token_works_without_a_hand_off_and_never_sees_one(
+    router, servers
+):
+    before = len(servers["internal"].all_requests())
+    resp = mcp_post(router, "internal", [(rs.HANDOFF_HEADER, "v1.forged-by-the-client")])
+
+    assert resp.status == 200, resp.describe()
+    [seen] = servers["internal"].all_requests()[before:]
+    assert seen.values("x-api-key") == [rs.INTERNAL_API_KEY]
+    assert seen.values(rs.HANDOFF_HEADER) == []
+
+
+def test_the_filters_log_lines_carry_no_token_and_no_hand_off(router, servers, sts, backend, unique):
+    mb.session(url(router), {"Authorization": f"Bearer {ALICE}"}, ["github__whoami", "corp__whoami"])
+    mcp_post(router, "github", [(rs.HANDOFF_HEADER, sealed_elsewhere(router, backend, unique))])
+    secrets = [ALICE, BOB, rs.INTERNAL_API_KEY, rs.STS_CLIENT_SECRET, *sts.all_tokens()]
+    secrets += [t for user in rs.USERS.values() for t in user.values()]
+    wasm_lines = "\n".join(line for line in router.log_text().splitlines() if "wasm log" in line)
+    sc.assert_no_secrets(wasm_lines, secrets, "the filter's log lines")
+    assert "v1." not in wasm_lines.replace("v1.40", ""), "a hand-off value in the log"
