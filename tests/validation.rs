@@ -801,3 +801,175 @@ fn s15_unknown_duplicate_or_no_sources_are_rejected() {
     let v = json!({ "backendNameSources": [], "outgoingAuth": {} });
     only_error(&v, Rule::S15, "backendNameSources");
 }
+
+// Envoy additions: credential removal (S-16) and the mcp_router hand-off (S-17).
+
+fn with(top: Value) -> Value {
+    let mut v = json!({ "outgoingAuth": {} });
+    if let (Some(base), Some(extra)) = (v.as_object_mut(), top.as_object()) {
+        for (k, v) in extra {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    v
+}
+
+#[test]
+fn s16_removal_lists_take_header_and_cookie_names() {
+    let loaded = load(&with(json!({
+        "removeRequestHeaders": ["X-Api-Key", "x-client-session"],
+        "removeCookies": ["BearerToken", "OauthHMAC"]
+    })))
+    .unwrap();
+    assert_eq!(
+        loaded.config.removal.headers,
+        ["x-api-key", "x-client-session"]
+    );
+    assert_eq!(loaded.config.removal.cookies, ["BearerToken", "OauthHMAC"]);
+}
+
+#[test]
+fn s16_refuses_bad_reserved_repeated_and_too_many_names() {
+    for (list, value, why) in [
+        (
+            "removeRequestHeaders",
+            json!(["x api"]),
+            "not a valid header name",
+        ),
+        (
+            "removeRequestHeaders",
+            json!([":path"]),
+            "not a valid header name",
+        ),
+        ("removeRequestHeaders", json!(["Host"]), "managed by Envoy"),
+        (
+            "removeRequestHeaders",
+            json!(["X-A", "x-a"]),
+            "listed more than once",
+        ),
+        ("removeCookies", json!(["a;b"]), "not a valid cookie name"),
+        (
+            "removeCookies",
+            json!(["Id", "Id"]),
+            "listed more than once",
+        ),
+    ] {
+        let msg = only_error(
+            &with(json!({ list: value })),
+            Rule::S16,
+            &format!("{list}[{}]", value.as_array().unwrap().len() - 1),
+        );
+        assert!(msg.contains(why), "{msg}");
+    }
+    let many: Vec<String> = (0..65).map(|i| format!("x-h{i}")).collect();
+    let msg = only_error(
+        &with(json!({ "removeRequestHeaders": many })),
+        Rule::S16,
+        "removeRequestHeaders",
+    );
+    assert!(msg.contains("at most 64"), "{msg}");
+}
+
+fn handoff_env(name: &str) -> Option<String> {
+    match name {
+        "HANDOFF_KEY" => Some("k".repeat(48)),
+        "SHORT_KEY" => Some("too-short".to_owned()),
+        other => env(other),
+    }
+}
+
+fn load_handoff(v: &Value) -> Result<config::Loaded, Vec<Problem>> {
+    config::load(v.to_string().as_bytes(), &handoff_env)
+}
+
+fn handoff_error(v: &Value, path: &str) -> String {
+    let problems = load_handoff(v).expect_err("config was accepted");
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert_eq!(
+        (problems[0].rule, problems[0].path.as_str()),
+        (Rule::S17, path),
+        "{problems:#?}"
+    );
+    problems[0].to_string()
+}
+
+#[test]
+fn s17_an_issuing_instance_needs_no_outgoing_auth_and_an_accepting_one_keeps_its_strategies() {
+    let issue =
+        json!({ "authServer": { "upstreams": ["github"] }, "handoff": { "mode": "issue" } });
+    let loaded = load_handoff(&issue).unwrap();
+    let handoff = loaded.config.handoff.unwrap();
+    assert_eq!(
+        handoff.mode,
+        config::HandoffMode::Issue {
+            client_bearer: false
+        }
+    );
+    assert_eq!(handoff.header, "x-outgoing-auth-handoff");
+    assert!(handoff.key.is_none());
+    let accept = json!({
+        "authServer": { "upstreams": ["github"] },
+        "handoff": { "mode": "accept", "header": "X-My-Handoff", "keyEnv": "HANDOFF_KEY" },
+        "outgoingAuth": { "backends": { "github-mcp": inject("github") } }
+    });
+    let handoff = load_handoff(&accept).unwrap().config.handoff.unwrap();
+    assert_eq!(handoff.mode, config::HandoffMode::Accept);
+    assert_eq!(handoff.header, "x-my-handoff");
+    assert_eq!(handoff.key.unwrap().env.as_deref(), Some("HANDOFF_KEY"));
+    let bearer_only = json!({ "handoff": { "mode": "issue", "clientBearer": true } });
+    assert!(load_handoff(&bearer_only).is_ok());
+}
+
+#[test]
+fn s17_refuses_what_a_hand_off_cannot_be() {
+    let msg = handoff_error(
+        &json!({ "handoff": { "mode": "relay" }, "outgoingAuth": {} }),
+        "handoff.mode",
+    );
+    assert!(msg.contains("unknown handoff mode \"relay\""), "{msg}");
+    let msg = handoff_error(
+        &json!({ "handoff": { "mode": "issue", "clientBearer": true },
+                 "outgoingAuth": { "default": { "type": "unauthenticated" } } }),
+        "outgoingAuth",
+    );
+    assert!(msg.contains("never applies a backend strategy"), "{msg}");
+    let msg = handoff_error(
+        &json!({ "handoff": { "mode": "issue", "clientBearer": true }, "removeCookies": ["Id"] }),
+        "removeRequestHeaders",
+    );
+    assert!(msg.contains("accepting instances"), "{msg}");
+    let msg = handoff_error(&json!({ "handoff": { "mode": "issue" } }), "handoff");
+    assert!(msg.contains("nothing to hand off"), "{msg}");
+    let msg = handoff_error(
+        &json!({ "handoff": { "mode": "accept", "clientBearer": true }, "outgoingAuth": {} }),
+        "handoff.clientBearer",
+    );
+    assert!(msg.contains("belongs to the issuing instance"), "{msg}");
+    let msg = handoff_error(
+        &json!({ "handoff": { "mode": "accept", "header": "Authorization" }, "outgoingAuth": {} }),
+        "handoff.header",
+    );
+    assert!(msg.contains("carries client credentials"), "{msg}");
+    let msg = handoff_error(
+        &json!({ "handoff": { "mode": "accept", "keyEnv": "SHORT_KEY" }, "outgoingAuth": {} }),
+        "handoff.keyEnv",
+    );
+    assert!(
+        msg.contains("shorter than 32 bytes") && !msg.contains("too-short"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn s17_a_bad_header_name_or_a_missing_key_variable_names_its_own_rule() {
+    let problems = load_handoff(
+        &json!({ "handoff": { "mode": "accept", "header": "x y" }, "outgoingAuth": {} }),
+    )
+    .unwrap_err();
+    assert_eq!(problems[0].rule, Rule::S09, "{problems:#?}");
+    let problems = load_handoff(
+        &json!({ "handoff": { "mode": "accept", "keyEnv": "UNSET_KEY" }, "outgoingAuth": {} }),
+    )
+    .unwrap_err();
+    assert_eq!(problems[0].rule, Rule::S11, "{problems:#?}");
+}
