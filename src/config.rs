@@ -5,7 +5,7 @@
 //! Envoy-specific fields a token exchange needs. Decoding walks the JSON by hand instead of using
 //! serde's derive so that it can report *every* problem with its JSON path, not just the first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use serde_json::{Map, Value};
@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::cache::CacheSettings;
 use crate::http;
 use crate::validate::{
-    self, backend_path, member_path, quote, Problem, Problems, Rule, DEFAULT_PATH,
+    self, backend_path, member_path, quote, Problems, Report, Rule, DEFAULT_PATH,
 };
 
 pub const DEFAULT_METADATA_NAMESPACE: &str = "envoy.filters.http.ext_authz";
@@ -270,14 +270,17 @@ impl fmt::Debug for Secret {
 #[derive(Debug)]
 pub struct Loaded {
     pub config: Config,
-    pub warnings: Vec<Problem>,
+    /// Warnings only (bounded like every [`Report`]); log [`Report::lines`].
+    pub warnings: Report,
 }
 
 /// Decodes and validates the plugin configuration. `env` looks up environment variables (the VM's
 /// `vm_config.environment_variables` inside Envoy; the process environment in the CLI).
 ///
-/// On failure returns every problem found (errors and warnings).
-pub fn load(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Vec<Problem>> {
+/// On failure returns the problems found (errors and warnings) as a bounded [`Report`]: the first
+/// [`validate::MAX_REPORTED_PROBLEMS`] in full, and the true counts. Time and memory are linear in
+/// the size of the configuration, whatever it holds.
+pub fn load(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Report> {
     let mut problems = Problems::default();
     let decoded = decode(json, env, &mut problems);
     if let Some(Decoded {
@@ -291,9 +294,9 @@ pub fn load(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded,
     match config {
         Some(config) if !problems.has_errors() => Ok(Loaded {
             config,
-            warnings: problems.into_vec(),
+            warnings: problems.into_report(),
         }),
-        _ => Err(problems.into_vec()),
+        _ => Err(problems.into_report()),
     }
 }
 
@@ -428,15 +431,14 @@ impl Decoder<'_, '_> {
         };
         for key in map.keys() {
             if !known.contains(&key.as_str()) {
-                self.problems.report(
-                    Rule::S02,
-                    &member_path(path, key),
-                    format!(
-                        "unknown field {}; the fields allowed here are: {}",
-                        quote(key),
-                        known.join(", ")
-                    ),
-                );
+                self.problems
+                    .report_with(Rule::S02, &member_path(path, key), || {
+                        format!(
+                            "unknown field {}; the fields allowed here are: {}",
+                            quote(key),
+                            known.join(", ")
+                        )
+                    });
             }
         }
         Some(Obj {
@@ -549,6 +551,7 @@ impl Decoder<'_, '_> {
             return None;
         };
         let mut ok = true;
+        let mut seen: HashSet<&str> = HashSet::with_capacity(names.len());
         for (i, name) in names.iter().enumerate() {
             if !is_upstream_name(name) {
                 ok = false;
@@ -561,7 +564,7 @@ impl Decoder<'_, '_> {
                         quote(name)
                     ),
                 );
-            } else if names.get(..i).is_some_and(|before| before.contains(name)) {
+            } else if !seen.insert(name) {
                 ok = false;
                 self.problems.report(
                     Rule::S08,
@@ -763,15 +766,14 @@ impl Decoder<'_, '_> {
         )?;
         let kind = self.required_string(&obj, "type", "the strategy type")?;
         if !STRATEGY_TYPES.contains(&kind) {
-            self.problems.report(
-                Rule::S05,
-                &obj.field("type"),
-                format!(
-                    "unknown strategy type {}; valid types are: {}",
-                    quote(kind),
-                    STRATEGY_TYPES.join(", ")
-                ),
-            );
+            self.problems
+                .report_with(Rule::S05, &obj.field("type"), || {
+                    format!(
+                        "unknown strategy type {}; valid types are: {}",
+                        quote(kind),
+                        STRATEGY_TYPES.join(", ")
+                    )
+                });
             return None;
         }
         // Each sub-object is set if and only if its type is selected (as the CRD's CEL rules say).

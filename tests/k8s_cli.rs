@@ -1512,11 +1512,11 @@ fn validate_matches_config_load_on_many_configs() {
         };
         assert_eq!(
             out.stdout.lines().count(),
-            problems.len(),
+            problems.lines().count(),
             "{c}: {}",
             out.stdout
         );
-        for p in problems {
+        for p in &problems {
             assert!(out.stdout.contains(&p.to_string()), "{p} missing");
         }
     }

@@ -10,7 +10,7 @@
 )]
 
 use outgoing_auth::config::{self, Strategy, SubjectTokenType, TokenLayout};
-use outgoing_auth::validate::{Problem, Rule};
+use outgoing_auth::validate::{Problem, Report, Rule};
 use serde_json::{json, Value};
 
 fn env(name: &str) -> Option<String> {
@@ -23,14 +23,14 @@ fn env(name: &str) -> Option<String> {
     }
 }
 
-fn load(v: &Value) -> Result<config::Loaded, Vec<Problem>> {
+fn load(v: &Value) -> Result<config::Loaded, Report> {
     config::load(v.to_string().as_bytes(), &env)
 }
 
 fn errors(v: &Value) -> Vec<Problem> {
     match load(v) {
         Ok(_) => panic!("config was accepted: {v}"),
-        Err(problems) => problems,
+        Err(report) => report.problems().to_vec(),
     }
 }
 
@@ -258,7 +258,10 @@ fn v01_comes_before_v06_as_in_toolhive() {
 
 #[test]
 fn s01_invalid_json_reports_line_and_column() {
-    let problems = config::load(b"{\n  \"outgoingAuth\": {,\n}", &env).unwrap_err();
+    let problems = config::load(b"{\n  \"outgoingAuth\": {,\n}", &env)
+        .unwrap_err()
+        .problems()
+        .to_vec();
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].rule, Rule::S01);
     assert!(
@@ -270,14 +273,14 @@ fn s01_invalid_json_reports_line_and_column() {
 
 #[test]
 fn s01_empty_configuration() {
-    let problems = config::load(b"  ", &env).unwrap_err();
+    let problems = config::load(b"  ", &env).unwrap_err().problems().to_vec();
     assert_eq!(problems[0].rule, Rule::S01);
     assert!(problems[0].message.contains("empty"));
 }
 
 #[test]
 fn s03_top_level_must_be_an_object() {
-    let problems = config::load(b"[1]", &env).unwrap_err();
+    let problems = config::load(b"[1]", &env).unwrap_err().problems().to_vec();
     assert_eq!(problems[0].rule, Rule::S03);
 }
 
@@ -706,9 +709,10 @@ fn s14_numbers_out_of_range() {
 fn w01_inline_client_secret_warns_but_loads() {
     let v = json!({ "outgoingAuth": { "default": exchange(json!({ "clientId": "gw", "clientSecret": "s3cr3t" })) } });
     let loaded = load(&v).unwrap();
-    assert_eq!(loaded.warnings.len(), 1);
-    assert_eq!(loaded.warnings[0].rule, Rule::W01);
-    assert!(!loaded.warnings[0].to_string().contains("s3cr3t"));
+    let warnings = loaded.warnings.problems();
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(warnings[0].rule, Rule::W01);
+    assert!(!warnings[0].to_string().contains("s3cr3t"));
     let v = json!({ "outgoingAuth": { "default": exchange(json!({ "clientId": "gw", "clientSecretEnv": "STS_SECRET" })) } });
     assert!(load(&v).unwrap().warnings.is_empty());
 }

@@ -14,6 +14,7 @@ use super::diag::{quote, Diagnostic};
 use super::input::{self, Source};
 use super::output::{self, Format, ISTIO_PHASES};
 use crate::config;
+use crate::validate;
 
 /// Exit status: success.
 pub const EXIT_OK: i32 = 0;
@@ -337,18 +338,14 @@ fn validate(args: &[String], io: &mut Io<'_>) -> i32 {
 fn validate_one(source: &Source, quiet: bool, io: &mut Io<'_>) -> bool {
     let env = io.env;
     let result = config::load(source.text.as_bytes(), &|name| env(name));
-    let (ok, problems) = match &result {
-        Ok(loaded) => (true, loaded.warnings.clone()),
-        Err(problems) => (false, problems.clone()),
+    let (ok, report) = match &result {
+        Ok(loaded) => (true, &loaded.warnings),
+        Err(report) => (false, report),
     };
     let out = &mut *io.stdout;
-    for p in &problems {
-        let severity = if p.rule.is_warning() {
-            "warning"
-        } else {
-            "error"
-        };
-        let _ = writeln!(out, "{severity}: {}: {p}", source.name);
+    for line in report.lines() {
+        let severity = if line.warning { "warning" } else { "error" };
+        let _ = writeln!(out, "{severity}: {}: {}", source.name, line.text);
     }
     if quiet {
         return ok;
@@ -360,18 +357,26 @@ fn validate_one(source: &Source, quiet: bool, io: &mut Io<'_>) -> bool {
             "{}: environment variables this config needs:",
             source.name
         );
-        let width = vars.iter().map(|(v, _)| v.len()).max().unwrap_or(0);
-        for (var, path) in &vars {
+        let width = vars
+            .iter()
+            .take(MAX_LISTED_VARIABLES)
+            .map(|(v, _)| v.len().min(64))
+            .max()
+            .unwrap_or(0);
+        for (var, path) in vars.iter().take(MAX_LISTED_VARIABLES) {
             let state = match env(var) {
                 Some(v) if !v.is_empty() => "set",
                 Some(_) => "EMPTY",
                 None => "NOT SET",
             };
-            let _ = writeln!(out, "  {var:<width$}  {state:<7}  {path}");
+            let _ = writeln!(out, "  {:<width$}  {state:<7}  {}", short(var), short(path));
+        }
+        if vars.len() > MAX_LISTED_VARIABLES {
+            let _ = writeln!(out, "  ... and {} more", vars.len() - MAX_LISTED_VARIABLES);
         }
     }
-    let errors = problems.iter().filter(|p| !p.rule.is_warning()).count();
-    let warnings = problems.len() - errors;
+    let errors = report.errors();
+    let warnings = report.warnings();
     let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     if ok {
         let summary = match &result {
@@ -396,6 +401,17 @@ fn validate_one(source: &Source, quiet: bool, io: &mut Io<'_>) -> bool {
     ok
 }
 
+/// At most this many environment variables are listed by `validate`.
+const MAX_LISTED_VARIABLES: usize = 100;
+
+/// A name or path cut for one output line.
+fn short(s: &str) -> String {
+    match s.char_indices().nth(200) {
+        Some((end, _)) => format!("{}...", s.get(..end).unwrap_or_default()),
+        None => s.to_owned(),
+    }
+}
+
 /// `default unauthenticated, 2 backends: github-mcp upstream_inject, internal header_injection`.
 fn describe(c: &config::Config) -> String {
     let default = c
@@ -407,16 +423,23 @@ fn describe(c: &config::Config) -> String {
         .outgoing_auth
         .backends
         .iter()
-        .map(|(name, s)| format!("{name} {}", s.type_name()))
+        .take(validate::MAX_LISTED_ITEMS)
+        .map(|(name, s)| format!("{} {}", short(name), s.type_name()))
         .collect();
-    let n = backends.len();
+    let n = c.outgoing_auth.backends.len();
+    let more = n.saturating_sub(backends.len());
     if n == 0 {
         format!("default {default}, no backends")
     } else {
         format!(
-            "default {default}, {n} backend{}: {}",
+            "default {default}, {n} backend{}: {}{}",
             if n == 1 { "" } else { "s" },
-            backends.join(", ")
+            backends.join(", "),
+            if more > 0 {
+                format!(", ... and {} more", validate::thousands(more))
+            } else {
+                String::new()
+            }
         )
     }
 }

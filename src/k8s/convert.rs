@@ -17,7 +17,7 @@ use super::resources::{
     MCPExternalAuthConfigSpec, SecretKeyRef, VirtualServerSpec, EXTERNAL_AUTH_KIND,
 };
 use crate::config;
-use crate::validate::{Problem, Rule};
+use crate::validate::{backend_path, thousands, Problem, Report, Rule, MAX_LISTED_ITEMS};
 
 /// What the command line adds to the resources.
 #[derive(Debug, Clone, Default)]
@@ -796,7 +796,7 @@ pub fn convert(resources: &[Resource], opts: &Options) -> Result<Conversion, Vec
             }
         }
         for (name, (_, origin)) in &backends {
-            if path.starts_with(&format!("outgoingAuth.backends[{}]", quote(name))) {
+            if path.starts_with(&backend_path(name)) {
                 return format!("{origin} (backend {})", quote(name));
             }
         }
@@ -808,19 +808,21 @@ pub fn convert(resources: &[Resource], opts: &Options) -> Result<Conversion, Vec
         }
         String::new()
     };
-    match config::load(json.as_bytes(), &env) {
-        Ok(loaded) => diags.extend(
-            loaded
-                .warnings
+    let report_diags = |report: &Report, diags: &mut Vec<Diagnostic>| {
+        diags.extend(
+            report
                 .iter()
                 .map(|p| problem_diagnostic(p, owner(&p.path), upstreams.as_deref())),
-        ),
-        Err(problems) => {
-            diags.extend(
-                problems
-                    .iter()
-                    .map(|p| problem_diagnostic(p, owner(&p.path), upstreams.as_deref())),
-            );
+        );
+        if let Some(line) = report.omitted_line() {
+            // A note: the count of errors printed stays the count of error lines.
+            diags.push(Diagnostic::note("", line.text));
+        }
+    };
+    match config::load(json.as_bytes(), &env) {
+        Ok(loaded) => report_diags(&loaded.warnings, &mut diags),
+        Err(report) => {
+            report_diags(&report, &mut diags);
             return Err(diags);
         }
     }
@@ -853,6 +855,19 @@ pub fn convert(resources: &[Resource], opts: &Options) -> Result<Conversion, Vec
     })
 }
 
+/// `a,b,c` as `--upstreams` takes it, the first few only when there are many.
+fn upstreams_flag(upstreams: &[String]) -> String {
+    let shown: Vec<&str> = upstreams
+        .iter()
+        .take(MAX_LISTED_ITEMS)
+        .map(String::as_str)
+        .collect();
+    match upstreams.len() - shown.len() {
+        0 => shown.join(","),
+        more => format!("{},... and {} more", shown.join(","), thousands(more)),
+    }
+}
+
 /// A startup-validation problem, told as coming from the resource that caused it.
 fn problem_diagnostic(p: &Problem, owner: String, upstreams: Option<&[String]>) -> Diagnostic {
     let d = if p.rule.is_warning() {
@@ -868,7 +883,7 @@ fn problem_diagnostic(p: &Problem, owner: String, upstreams: Option<&[String]>) 
         ),
         Rule::V02 => d.with_hint(format!(
             "add the provider to --upstreams (now: {})",
-            upstreams.map(|u| u.join(",")).unwrap_or_default()
+            upstreams.map(upstreams_flag).unwrap_or_default()
         )),
         Rule::V06 => d.with_hint("set providerName to one of the upstream providers"),
         _ => d,
