@@ -976,11 +976,41 @@ impl Decoder<'_, '_> {
                     None
                 }
             });
-        let cluster = self.required_string(
-            &obj,
-            "cluster",
-            "the Envoy cluster that reaches the STS (tokenUrl's host)",
-        );
+        // vMCP has no `cluster`: a pasted block names none, and the tokenUrl's host is the name
+        // (as `outgoing-auth convert` names it); a warning says which cluster Envoy must define.
+        let cluster = match (obj.get("cluster"), &token_url) {
+            (None, Some(url)) => match default_sts_cluster(&url.url) {
+                Some(name) => {
+                    self.problems
+                        .report_with(Rule::W02, &obj.field("cluster"), || {
+                            format!(
+                            "cluster is not set, so the token exchange calls the Envoy cluster {} \
+                             (the tokenUrl's host): define a cluster of that name that reaches \
+                             the STS, or set cluster",
+                            quote(&name)
+                        )
+                        });
+                    Some(name)
+                }
+                None => {
+                    self.problems.report(
+                        Rule::S04,
+                        &obj.field("cluster"),
+                        "cluster is required: the Envoy cluster that reaches the STS (the \
+                         tokenUrl has no host to name it after)",
+                    );
+                    None
+                }
+            },
+            (None, None) => None,
+            (Some(_), _) => self
+                .required_string(
+                    &obj,
+                    "cluster",
+                    "the Envoy cluster that reaches the STS (tokenUrl's host)",
+                )
+                .map(str::to_owned),
+        };
         let client_id = self.string(&obj, "clientId").filter(|s| !s.is_empty());
         let has_secret_field =
             obj.get("clientSecret").is_some() || obj.get("clientSecretEnv").is_some();
@@ -1058,7 +1088,7 @@ impl Decoder<'_, '_> {
         }
         Some(TokenExchange {
             token_url: token_url?,
-            cluster: cluster?.to_owned(),
+            cluster: cluster?,
             client_id: client_id.map(str::to_owned),
             client_secret,
             audience,
@@ -1068,6 +1098,52 @@ impl Decoder<'_, '_> {
             timeout_ms: timeout_ms?,
         })
     }
+}
+
+/// The host and port of an absolute `http`/`https` URL: the host lower-cased, without user
+/// information or IPv6 brackets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlHost<'a> {
+    pub host: String,
+    /// The port written in the URL, if any.
+    pub port: Option<&'a str>,
+    /// The scheme's port: `443` or `80`.
+    pub default_port: &'static str,
+}
+
+/// Splits an absolute `http`/`https` URL's authority; `None` for another scheme or no host.
+pub fn url_host(url: &str) -> Option<UrlHost<'_>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "https" => "443",
+        "http" => "80",
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match host_port.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some(UrlHost {
+        host: host.to_ascii_lowercase(),
+        port,
+        default_port,
+    })
+}
+
+/// The Envoy cluster a token exchange calls when the config names none: the `tokenUrl`'s host
+/// (`https://sts.example.com/token` → `sts.example.com`). `outgoing-auth convert` names it the same.
+pub fn default_sts_cluster(token_url: &str) -> Option<String> {
+    url_host(token_url).map(|h| h.host)
 }
 
 /// ToolHive's upstream name rule: `^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`.

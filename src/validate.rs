@@ -53,10 +53,12 @@ pub enum Rule {
     S15,
     /// Warning: a client secret is written inline in the configuration.
     W01,
+    /// Warning: `tokenExchange.cluster` is not set; the tokenUrl's host names the cluster.
+    W02,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 20] = [
+    pub const ALL: [Rule; 21] = [
         Rule::V01,
         Rule::V02,
         Rule::V05,
@@ -77,6 +79,7 @@ impl Rule {
         Rule::S14,
         Rule::S15,
         Rule::W01,
+        Rule::W02,
     ];
 
     pub fn id(self) -> &'static str {
@@ -101,12 +104,13 @@ impl Rule {
             Rule::S14 => "S-14",
             Rule::S15 => "S-15",
             Rule::W01 => "W-01",
+            Rule::W02 => "W-02",
         }
     }
 
     /// Warnings are logged but do not make Envoy refuse the configuration.
     pub fn is_warning(self) -> bool {
-        matches!(self, Rule::W01)
+        matches!(self, Rule::W01 | Rule::W02)
     }
 }
 

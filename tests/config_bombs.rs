@@ -332,3 +332,34 @@ fn the_binary_exits_1_with_bounded_output_on_a_bomb() {
     let out = String::from_utf8(output.stdout).unwrap();
     assert!(out.contains("... and 7900 more problems"), "{out}");
 }
+
+#[test]
+fn warnings_do_not_hide_the_errors_that_refuse_a_config() {
+    // 500 pasted token exchanges (a W-02 each), then one misspelt field.
+    let mut backends: Map<String, Value> = (0..500)
+        .map(|i| {
+            (
+                format!("a{i:03}"),
+                json!({ "type": "token_exchange",
+                    "tokenExchange": { "tokenUrl": "https://sts.example/token" } }),
+            )
+        })
+        .collect();
+    backends.insert(
+        "z".to_owned(),
+        json!({ "type": "unauthenticated", "bogus": 1 }),
+    );
+    let json = json!({ "outgoingAuth": { "backends": backends } }).to_string();
+    let report = config::load(json.as_bytes(), &no_env).unwrap_err();
+    assert_eq!((report.errors(), report.warnings()), (1, 500));
+    let lines: Vec<_> = report.lines().collect();
+    assert_eq!(lines.len(), MAX_REPORTED_PROBLEMS + 1);
+    assert!(
+        lines.iter().any(|l| !l.warning
+            && l.text
+                .starts_with("[S-02] outgoingAuth.backends[\"z\"].bogus")),
+        "{lines:#?}"
+    );
+    assert_eq!(lines[100].text, "... and 401 more problems");
+    assert!(lines[100].warning, "the problems left out are warnings");
+}

@@ -667,18 +667,60 @@ fn s13_scopes_are_scope_tokens() {
 }
 
 #[test]
-fn s04_token_exchange_requires_url_and_cluster() {
+fn s04_token_exchange_requires_url() {
     let v =
         json!({ "outgoingAuth": { "default": { "type": "token_exchange", "tokenExchange": {} } } });
     let problems = errors(&v);
     let paths: Vec<_> = problems.iter().map(|p| (p.rule, p.path.as_str())).collect();
+    // No cluster problem: without a tokenUrl there is nothing to say about it yet.
     assert_eq!(
         paths,
-        [
-            (Rule::S04, "outgoingAuth.default.tokenExchange.tokenUrl"),
-            (Rule::S04, "outgoingAuth.default.tokenExchange.cluster"),
-        ]
+        [(Rule::S04, "outgoingAuth.default.tokenExchange.tokenUrl")]
     );
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({ "cluster": " " })) } });
+    only_error(&v, Rule::S04, "outgoingAuth.default.tokenExchange.cluster");
+}
+
+#[test]
+fn w02_cluster_defaults_to_the_token_url_host_with_a_warning() {
+    let v = json!({ "outgoingAuth": { "default": { "type": "token_exchange",
+        "tokenExchange": { "tokenUrl": "https://STS.corp.example:8443/oauth2/token" } } } });
+    let loaded = load(&v).unwrap();
+    let Some(Strategy::TokenExchange(te)) = &loaded.config.outgoing_auth.default else {
+        panic!("{:?}", loaded.config)
+    };
+    assert_eq!(te.cluster, "sts.corp.example");
+    // The same name `outgoing-auth convert` gives it.
+    assert_eq!(
+        outgoing_auth::k8s::convert::default_cluster(
+            "https://STS.corp.example:8443/oauth2/token",
+            outgoing_auth::k8s::convert::ClusterNaming::Host
+        )
+        .as_deref(),
+        Some(te.cluster.as_str())
+    );
+    let warnings = loaded.warnings.problems();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert_eq!(warnings[0].rule, Rule::W02);
+    assert_eq!(
+        warnings[0].path,
+        "outgoingAuth.default.tokenExchange.cluster"
+    );
+    assert!(
+        warnings[0]
+            .message
+            .contains("calls the Envoy cluster \"sts.corp.example\""),
+        "{}",
+        warnings[0]
+    );
+    // An explicit cluster wins, without a warning.
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({ "cluster": "my-sts" })) } });
+    let loaded = load(&v).unwrap();
+    assert!(loaded.warnings.is_empty());
+    let Some(Strategy::TokenExchange(te)) = &loaded.config.outgoing_auth.default else {
+        panic!()
+    };
+    assert_eq!(te.cluster, "my-sts");
 }
 
 // ---- S-14: ranges
@@ -804,4 +846,72 @@ fn s15_unknown_duplicate_or_no_sources_are_rejected() {
     only_error(&v, Rule::S15, "backendNameSources[1]");
     let v = json!({ "backendNameSources": [], "outgoingAuth": {} });
     only_error(&v, Rule::S15, "backendNameSources");
+}
+
+// ---- A vMCP outgoingAuth block pastes in as-is
+
+/// ToolHive's own examples (research notes, toolhive-vmcp-spec.md): RFC-0054's Mode B
+/// `outgoingAuth` (two upstream_inject backends, a token_exchange with subjectProviderName, a
+/// header_injection), and the token_exchange shapes `TestTokenExchangeStrategy_Validate` accepts
+/// (only tokenUrl; every field; id_token; clientId only). vMCP has no `cluster`: none is written.
+fn toolhive_outgoing_auth() -> Value {
+    json!({
+        "source": "inline",
+        "backends": {
+            "github-tools": { "type": "upstream_inject", "upstreamInject": { "providerName": "github" } },
+            "atlassian-tools": { "type": "upstream_inject", "upstreamInject": { "providerName": "atlassian" } },
+            "corporate-api": { "type": "token_exchange", "tokenExchange": {
+                "tokenUrl": "https://sts.corp.example.com/oauth2/token",
+                "audience": "https://corporate-api.example.com",
+                "subjectProviderName": "corporate-idp" } },
+            "internal-api": { "type": "header_injection", "headerInjection": {
+                "headerName": "X-API-Key", "headerValueEnv": "INTERNAL_KEY" } },
+            "only-token-url": { "type": "token_exchange", "tokenExchange": {
+                "tokenUrl": "https://auth.example.com/token" } },
+            "all-fields": { "type": "token_exchange", "tokenExchange": {
+                "tokenUrl": "https://auth.example.com/token", "clientId": "client-id",
+                "clientSecretEnv": "STS_SECRET", "audience": "https://backend.example.com",
+                "scopes": ["read", "write"], "subjectTokenType": "access_token" } },
+            "id-token": { "type": "token_exchange", "tokenExchange": {
+                "tokenUrl": "https://auth.example.com:8443/token", "subjectTokenType": "id_token" } },
+            "client-id-only": { "type": "token_exchange", "tokenExchange": {
+                "tokenUrl": "http://127.0.0.1:9000/token", "clientId": "client-id" } }
+        }
+    })
+}
+
+#[test]
+fn toolhives_outgoing_auth_examples_paste_in_as_is() {
+    let v = json!({
+        "authServer": { "upstreams": ["github", "atlassian", "corporate-idp"] },
+        "outgoingAuth": toolhive_outgoing_auth(),
+    });
+    let loaded = load(&v).unwrap();
+    let clusters: Vec<(&str, &str)> = loaded
+        .config
+        .outgoing_auth
+        .backends
+        .iter()
+        .filter_map(|(name, s)| match s {
+            Strategy::TokenExchange(t) => Some((name.as_str(), t.cluster.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        clusters,
+        [
+            ("all-fields", "auth.example.com"),
+            ("client-id-only", "127.0.0.1"),
+            ("corporate-api", "sts.corp.example.com"),
+            ("id-token", "auth.example.com"),
+            ("only-token-url", "auth.example.com"),
+        ]
+    );
+    // One W-02 per defaulted cluster, naming the cluster Envoy must define; nothing else.
+    let warnings = loaded.warnings.problems();
+    assert_eq!(warnings.len(), 5, "{warnings:#?}");
+    assert!(warnings.iter().all(|w| w.rule == Rule::W02));
+    assert!(warnings.iter().any(|w| w.path
+        == "outgoingAuth.backends[\"corporate-api\"].tokenExchange.cluster"
+        && w.message.contains("\"sts.corp.example.com\"")));
 }

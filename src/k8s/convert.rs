@@ -384,34 +384,17 @@ fn normalize_token_type(s: &str) -> String {
 
 /// The STS cluster named after `tokenUrl`: its host, or Istio's `outbound|PORT||HOST`.
 pub fn default_cluster(token_url: &str, naming: ClusterNaming) -> Option<String> {
-    let (scheme, rest) = token_url.split_once("://")?;
-    let default_port = match scheme.to_ascii_lowercase().as_str() {
-        "https" => "443",
-        "http" => "80",
-        _ => return None,
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host_port = authority.rsplit('@').next().unwrap_or_default();
-    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
-        let (h, after) = v6.split_once(']')?;
-        (h, after.strip_prefix(':'))
-    } else {
-        match host_port.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (host_port, None),
+    match naming {
+        ClusterNaming::Host => config::default_sts_cluster(token_url),
+        ClusterNaming::Istio => {
+            let h = config::url_host(token_url)?;
+            Some(format!(
+                "outbound|{}||{}",
+                h.port.filter(|p| !p.is_empty()).unwrap_or(h.default_port),
+                h.host
+            ))
         }
-    };
-    if host.is_empty() {
-        return None;
     }
-    let host = host.to_ascii_lowercase();
-    Some(match naming {
-        ClusterNaming::Host => host,
-        ClusterNaming::Istio => format!(
-            "outbound|{}||{host}",
-            port.filter(|p| !p.is_empty()).unwrap_or(default_port)
-        ),
-    })
 }
 
 /// One backend → resource assignment and where it was made.
