@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::cache::CacheSettings;
 use crate::http;
 use crate::validate::{
-    self, backend_path, member_path, quote, Problems, Report, Rule, DEFAULT_PATH,
+    self, backend_path, did_you_mean, member_path, quote, Problems, Report, Rule, DEFAULT_PATH,
 };
 
 pub const DEFAULT_METADATA_NAMESPACE: &str = "envoy.filters.http.ext_authz";
@@ -434,8 +434,9 @@ impl Decoder<'_, '_> {
                 self.problems
                     .report_with(Rule::S02, &member_path(path, key), || {
                         format!(
-                            "unknown field {}; the fields allowed here are: {}",
+                            "unknown field {}{}; the fields allowed here are: {}",
                             quote(key),
+                            did_you_mean(key, known),
                             known.join(", ")
                         )
                     });
@@ -769,8 +770,9 @@ impl Decoder<'_, '_> {
             self.problems
                 .report_with(Rule::S05, &obj.field("type"), || {
                     format!(
-                        "unknown strategy type {}; valid types are: {}",
+                        "unknown strategy type {}{}; valid types are: {}",
                         quote(kind),
+                        did_you_mean(kind, &STRATEGY_TYPES),
                         STRATEGY_TYPES.join(", ")
                     )
                 });

@@ -376,6 +376,84 @@ fn cut_chars(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The candidate closest to `input`, if one is close enough to be a likely misspelling: the same
+/// ignoring case, `_` and `-` (`upstreamInject` → `upstream_inject`), or a few edits away. The work
+/// is bounded: inputs longer than 64 characters get no suggestion.
+pub fn suggest<'c>(input: &str, candidates: &[&'c str]) -> Option<&'c str> {
+    const MAX_INPUT: usize = 64;
+    if input.is_empty() || input.chars().nth(MAX_INPUT).is_some() {
+        return None;
+    }
+    let fold = |s: &str| -> Vec<char> {
+        s.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let folded = fold(input);
+    let lowered: Vec<char> = input.chars().map(|c| c.to_ascii_lowercase()).collect();
+    let mut best: Option<(usize, &'c str)> = None;
+    for &candidate in candidates {
+        if candidate == input {
+            continue;
+        }
+        if fold(candidate) == folded {
+            return Some(candidate);
+        }
+        let c: Vec<char> = candidate.chars().map(|c| c.to_ascii_lowercase()).collect();
+        let limit = (lowered.len().min(c.len()) / 3).clamp(1, 3);
+        if lowered.len().abs_diff(c.len()) > limit {
+            continue;
+        }
+        let d = edit_distance(&lowered, &c);
+        if d <= limit && best.is_none_or(|(bd, _)| d < bd) {
+            best = Some((d, candidate));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+/// Optimal-string-alignment distance (insertions, deletions, substitutions, adjacent swaps).
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let w = b.len() + 1;
+    let mut d: Vec<usize> = vec![0; (a.len() + 1) * w];
+    let at = |i: usize, j: usize| i * w + j;
+    for i in 0..=a.len() {
+        if let Some(x) = d.get_mut(at(i, 0)) {
+            *x = i;
+        }
+    }
+    for j in 0..=b.len() {
+        if let Some(x) = d.get_mut(at(0, j)) {
+            *x = j;
+        }
+    }
+    let get = |d: &Vec<usize>, i: usize, j: usize| d.get(at(i, j)).copied().unwrap_or(usize::MAX);
+    for (i, ca) in a.iter().enumerate() {
+        for (j, cb) in b.iter().enumerate() {
+            let (i1, j1) = (i + 1, j + 1);
+            let cost = usize::from(ca != cb);
+            let mut v = (get(&d, i, j1).saturating_add(1))
+                .min(get(&d, i1, j).saturating_add(1))
+                .min(get(&d, i, j).saturating_add(cost));
+            if i > 0 && j > 0 && a.get(i - 1) == Some(cb) && b.get(j - 1) == Some(ca) {
+                v = v.min(get(&d, i - 1, j - 1).saturating_add(1));
+            }
+            if let Some(x) = d.get_mut(at(i1, j1)) {
+                *x = v;
+            }
+        }
+    }
+    get(&d, a.len(), b.len())
+}
+
+/// ` did you mean "x"?` for a misspelt `input`, or nothing.
+pub(crate) fn did_you_mean(input: &str, candidates: &[&str]) -> String {
+    suggest(input, candidates)
+        .map(|s| format!("; did you mean {}?", quote(s)))
+        .unwrap_or_default()
+}
+
 /// JSON path of a backend's strategy, and how messages name it.
 pub(crate) fn backend_path(name: &str) -> String {
     format!("outgoingAuth.backends[{}]", quote(name))
@@ -534,6 +612,27 @@ mod tests {
         );
         assert!(q.ends_with("\"... (400 bytes)"), "{q}");
         assert_eq!(quote("a\nb"), "\"a\\nb\"");
+    }
+
+    #[test]
+    fn suggestions_are_close_names_only() {
+        let fields = ["providerName"];
+        assert_eq!(suggest("providerNme", &fields), Some("providerName"));
+        assert_eq!(suggest("provider_name", &fields), Some("providerName"));
+        assert_eq!(suggest("PROVIDERNAME", &fields), Some("providerName"));
+        assert_eq!(suggest("scope", &fields), None);
+        assert_eq!(suggest("providerName", &fields), None);
+        assert_eq!(suggest(&"x".repeat(65), &fields), None);
+        let types = [
+            "unauthenticated",
+            "header_injection",
+            "upstream_inject",
+            "token_exchange",
+        ];
+        assert_eq!(suggest("upstreamInject", &types), Some("upstream_inject"));
+        assert_eq!(suggest("tokenexchang", &types), Some("token_exchange"));
+        assert_eq!(suggest("oauth", &types), None);
+        assert_eq!(edit_distance(&['a', 'b'], &['b', 'a']), 1);
     }
 
     #[test]

@@ -466,7 +466,7 @@ fn unknown_and_mistyped_fields_are_reported_with_their_path() {
     )
     .failed();
     assert!(out.stderr.contains(
-        "error: <stdin>: MCPExternalAuthConfig \"x\": spec.upstreamInject.scope: unknown field `scope`"
+        "error: <stdin>: MCPExternalAuthConfig \"x\": spec.upstreamInject.scope: unknown field \"scope\"\n  hint: the fields allowed here are: providerName"
     ), "{}", out.stderr);
     let out = cli(
         &["convert", "-f", "-", "--default", "x"],
@@ -476,6 +476,22 @@ fn unknown_and_mistyped_fields_are_reported_with_their_path() {
     assert!(
         out.stderr
             .contains("spec.tokenExchange.scopes[0]: invalid type: integer `1`"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_misspelt_resource_field_gets_a_suggestion() {
+    let out = cli(
+        &["convert", "-f", "-", "--default", "corp-sts"],
+        &yaml_docs(&[corp_sts(json!({"clientID": "gw"}))]),
+    )
+    .failed();
+    assert!(
+        out.stderr.contains(
+            "spec.tokenExchange.clientID: unknown field \"clientID\"; did you mean \"clientId\"?"
+        ),
         "{}",
         out.stderr
     );

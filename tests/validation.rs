@@ -237,6 +237,81 @@ fn v06_empty_blank_or_missing_provider_name() {
 }
 
 #[test]
+fn every_unknown_field_gets_the_closest_known_name_if_one_is_close() {
+    let cases = [
+        (json!({ "outgoingAuht": {} }), "outgoingAuth"),
+        (
+            json!({ "authServer": { "upstream": ["github"] }, "outgoingAuth": {} }),
+            "upstreams",
+        ),
+        (
+            json!({ "authServer": { "upstreams": ["github"], "tokens": { "metadataKye": "x" } }, "outgoingAuth": {} }),
+            "metadataKey",
+        ),
+        (
+            json!({ "outgoingAuth": { "default": exchange(json!({ "clientID": "gw" })) } }),
+            "clientId",
+        ),
+        (
+            json!({ "outgoingAuth": { "default": exchange(json!({ "subject_provider_name": "x" })) } }),
+            "subjectProviderName",
+        ),
+        (
+            json!({ "outgoingAuth": { "backends": { "a": { "type": "header_injection",
+                "headerInjection": { "headername": "X", "headerValue": "v" } } } } }),
+            "headerName",
+        ),
+        (
+            json!({ "outgoingAuth": { "defaults": { "type": "unauthenticated" } } }),
+            "default",
+        ),
+    ];
+    for (v, expected) in cases {
+        let problems = errors(&v);
+        let s02 = problems.iter().find(|p| p.rule == Rule::S02).unwrap();
+        assert!(
+            s02.message
+                .contains(&format!("did you mean \"{expected}\"?")),
+            "{s02}"
+        );
+    }
+    // Nothing close: no suggestion, just the list.
+    let problems = errors(&json!({ "bogus": 1, "outgoingAuth": {} }));
+    assert!(
+        !problems[0].message.contains("did you mean"),
+        "{}",
+        problems[0]
+    );
+    assert!(
+        problems[0].message.contains("outgoingAuth"),
+        "{}",
+        problems[0]
+    );
+}
+
+#[test]
+fn the_crds_type_spellings_get_the_filters_spelling_suggested() {
+    for (crd, filter) in [
+        ("upstreamInject", "upstream_inject"),
+        ("tokenExchange", "token_exchange"),
+        ("headerInjection", "header_injection"),
+        ("Unauthenticated", "unauthenticated"),
+        ("upstream-inject", "upstream_inject"),
+        ("token_exchnage", "token_exchange"),
+    ] {
+        let v = json!({ "outgoingAuth": { "default": { "type": crd } } });
+        let text = only_error(&v, Rule::S05, "outgoingAuth.default.type");
+        assert!(
+            text.contains(&format!("did you mean \"{filter}\"?")),
+            "{text}"
+        );
+    }
+    let v = json!({ "outgoingAuth": { "default": { "type": "oauth2" } } });
+    let text = only_error(&v, Rule::S05, "outgoingAuth.default.type");
+    assert!(!text.contains("did you mean"), "{text}");
+}
+
+#[test]
 fn v06_blank_subject_provider_name() {
     let v = with_auth_server(
         json!({ "backends": { "corp": exchange(json!({ "subjectProviderName": " " })) } }),

@@ -226,7 +226,7 @@ pub fn convert_resource(object: &Object, opts: &Options) -> Result<Converted, Ve
     let spec: MCPExternalAuthConfigSpec =
         serde_path_to_error::deserialize(&object.spec).map_err(|e| {
             let field = spec_path(&e.path().to_string());
-            err(format!("{field}: {}", e.into_inner()))
+            vec![decode_diagnostic(origin.clone(), &field, &e.into_inner())]
         })?;
 
     let mut errors = Vec::new();
@@ -365,6 +365,38 @@ pub fn convert_resource(object: &Object, opts: &Options) -> Result<Converted, Ve
     })
 }
 
+/// A resource's decoding error, with a suggestion for a misspelt field.
+fn decode_diagnostic(origin: String, field: &str, e: &impl std::fmt::Display) -> Diagnostic {
+    let text = e.to_string();
+    let backticked =
+        |s: &str| -> Vec<String> { s.split('`').skip(1).step_by(2).map(str::to_owned).collect() };
+    if let Some(rest) = text.strip_prefix("unknown field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        let allowed = rest
+            .split_once("expected ")
+            .map(|(_, list)| backticked(list))
+            .unwrap_or_default();
+        let candidates: Vec<&str> = allowed.iter().map(String::as_str).collect();
+        let d = Diagnostic::error(
+            origin,
+            format!(
+                "{field}: unknown field {}{}",
+                quote(name),
+                crate::validate::did_you_mean(name, &candidates)
+            ),
+        );
+        return if candidates.is_empty() {
+            d
+        } else {
+            d.with_hint(format!(
+                "the fields allowed here are: {}",
+                candidates.join(", ")
+            ))
+        };
+    }
+    Diagnostic::error(origin, format!("{field}: {text}"))
+}
+
 /// `spec.a.b[0]` from serde_path_to_error's `a.b[0]` (`.` is the root, `[0]` a root index).
 fn spec_path(path: &str) -> String {
     match path {
@@ -429,10 +461,7 @@ fn read_virtual_server(
         Ok(s) => s,
         Err(e) => {
             let field = spec_path(&e.path().to_string());
-            diags.push(Diagnostic::error(
-                origin,
-                format!("{field}: {}", e.into_inner()),
-            ));
+            diags.push(decode_diagnostic(origin, &field, &e.into_inner()));
             return;
         }
     };
