@@ -286,9 +286,12 @@ pub fn load(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded,
     if let Some(Decoded {
         config,
         auth_server_broken: false,
+        missing_provider,
     }) = &decoded
     {
-        validate::check_auth_server_integration(config, &mut problems);
+        let missing: HashSet<Option<&str>> =
+            missing_provider.iter().map(|b| b.as_deref()).collect();
+        validate::check_auth_server_integration(config, &missing, &mut problems);
     }
     let config = decoded.map(|d| d.config);
     match config {
@@ -306,6 +309,8 @@ struct Decoded {
     config: Config,
     /// `authServer` is present but unusable: the cross-field rules would only add noise.
     auth_server_broken: bool,
+    /// The upstream_inject strategies without a `providerName` field (`None`: the default).
+    missing_provider: Vec<Option<String>>,
 }
 
 fn decode(
@@ -338,7 +343,11 @@ fn decode(
             return None;
         }
     };
-    let mut d = Decoder { problems, env };
+    let mut d = Decoder {
+        problems,
+        env,
+        missing_provider: Vec::new(),
+    };
     let top = d.object(
         &root,
         "$",
@@ -377,6 +386,7 @@ fn decode(
             backend_name_sources,
         },
         auth_server_broken,
+        missing_provider: d.missing_provider,
     })
 }
 
@@ -394,6 +404,8 @@ fn json_error_kind(e: &serde_json::Error) -> String {
 struct Decoder<'p, 'e> {
     problems: &'p mut Problems,
     env: &'e dyn Fn(&str) -> Option<String>,
+    /// The upstream_inject strategies decoded without a `providerName` field.
+    missing_provider: Vec<Option<String>>,
 }
 
 /// A JSON object whose unknown fields have been reported; `null` members count as absent.
@@ -725,7 +737,13 @@ impl Decoder<'_, '_> {
                 ),
             }
         }
-        let default = obj.get("default").map(|v| self.strategy(v, DEFAULT_PATH));
+        let default = obj.get("default").map(|v| {
+            let s = self.strategy(v, DEFAULT_PATH);
+            if s.as_ref().is_some_and(|s| provider_name_missing(s, v)) {
+                self.missing_provider.push(None);
+            }
+            s
+        });
         let mut backends = BTreeMap::new();
         if let Some(v) = obj.get("backends") {
             match v {
@@ -741,6 +759,9 @@ impl Decoder<'_, '_> {
                             );
                         }
                         if let Some(s) = self.strategy(v, &path) {
+                            if provider_name_missing(&s, v) {
+                                self.missing_provider.push(Some(name.clone()));
+                            }
                             backends.insert(name.clone(), s);
                         }
                     }
@@ -1100,6 +1121,15 @@ impl Decoder<'_, '_> {
             timeout_ms: timeout_ms?,
         })
     }
+}
+
+/// An upstream_inject strategy decoded from JSON that has no `providerName` field.
+fn provider_name_missing(strategy: &Strategy, json: &Value) -> bool {
+    matches!(strategy, Strategy::UpstreamInject(_))
+        && json
+            .get("upstreamInject")
+            .and_then(|u| u.get("providerName"))
+            .is_none_or(Value::is_null)
 }
 
 /// The host and port of an absolute `http`/`https` URL: the host lower-cased, without user

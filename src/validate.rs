@@ -486,9 +486,14 @@ pub(crate) fn quote(s: &str) -> String {
 }
 
 /// The cross-field rules of ToolHive's `ValidateAuthServerIntegration` (V-01, V-02, V-05, V-06),
-/// applied to the default strategy and every backend. Linear in the number of strategies and
-/// upstreams.
-pub fn check_auth_server_integration(config: &Config, problems: &mut Problems) {
+/// applied to the default strategy and every backend. `missing_provider` names the strategies
+/// whose `providerName` field is absent (`None`: the default strategy), so V-06 can say "missing"
+/// rather than "empty". Linear in the number of strategies and upstreams.
+pub fn check_auth_server_integration(
+    config: &Config,
+    missing_provider: &HashSet<Option<&str>>,
+    problems: &mut Problems,
+) {
     if let Some(auth) = &config.auth_server {
         if auth.upstreams.is_empty() {
             problems.report(
@@ -503,6 +508,13 @@ pub fn check_auth_server_integration(config: &Config, problems: &mut Problems) {
         .auth_server
         .as_ref()
         .map(|a| a.upstreams.iter().map(String::as_str).collect());
+    let upstream_list = || match &config.auth_server {
+        Some(auth) if !auth.upstreams.is_empty() => format!(
+            "one of authServer.upstreams: {}",
+            bounded_list(auth.upstreams.iter().map(String::as_str))
+        ),
+        _ => "an upstream provider, listed in authServer.upstreams".to_owned(),
+    };
     let strategies = config
         .outgoing_auth
         .default
@@ -528,7 +540,8 @@ pub fn check_auth_server_integration(config: &Config, problems: &mut Problems) {
             None => DEFAULT_PATH.to_owned(),
         };
         let kind = strategy.type_name();
-        let Some(known) = &known else {
+        let blank = provider.trim().is_empty();
+        if known.is_none() {
             problems.report_with(Rule::V01, &base(), || {
                 format!(
                     "{} uses {kind} but no authServer is configured; {kind} with an upstream \
@@ -537,23 +550,36 @@ pub fn check_auth_server_integration(config: &Config, problems: &mut Problems) {
                     who()
                 )
             });
-            continue;
-        };
-        let path = format!("{}.{field}", base());
-        if provider.trim().is_empty() {
+            // V-06 does not need authServer: report it too, so both fixes are known at once.
+            if !blank {
+                continue;
+            }
+        }
+        if blank {
+            let path = format!("{}.{field}", base());
             problems.report_with(Rule::V06, &path, || match strategy {
-                Strategy::UpstreamInject(_) => {
-                    format!("{} {kind} requires a non-empty providerName", who())
-                }
+                Strategy::UpstreamInject(_) if missing_provider.contains(&backend) => format!(
+                    "{} {kind} requires a providerName, and it is missing; set \
+                     upstreamInject.providerName to {}",
+                    who(),
+                    upstream_list()
+                ),
+                Strategy::UpstreamInject(_) => format!(
+                    "{} {kind} requires a non-empty providerName; set it to {}",
+                    who(),
+                    upstream_list()
+                ),
                 _ => format!(
-                    "{} {kind} has a blank subjectProviderName; name an upstream provider, or \
-                     omit the field to use the client's bearer token as the subject",
-                    who()
+                    "{} {kind} has a blank subjectProviderName; set it to {}, or omit the \
+                     field to use the client's bearer token as the subject",
+                    who(),
+                    upstream_list()
                 ),
             });
             continue;
         }
-        if !known.contains(provider) {
+        if known.as_ref().is_some_and(|k| !k.contains(provider)) {
+            let path = format!("{}.{field}", base());
             problems.report_with(Rule::V02, &path, || {
                 format!(
                     "{} references upstream provider {} which is not configured in \

@@ -497,6 +497,37 @@ fn a_misspelt_resource_field_gets_a_suggestion() {
     );
 }
 
+#[test]
+fn the_empty_provider_example_reports_v01_and_v06_without_upstreams() {
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            &repo("k8s/examples/invalid/empty-provider-name.yaml"),
+            "--default",
+            "github-empty",
+        ],
+        "",
+    )
+    .failed();
+    assert!(
+        out.stderr.contains("[V-01] outgoingAuth.default:"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("[V-06] outgoingAuth.default.upstreamInject.providerName:"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("conversion failed with 2 errors"),
+        "{}",
+        out.stderr
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Input forms
 
@@ -1496,6 +1527,23 @@ fn validate_prints_every_problem_with_its_rule_id() {
     assert!(
         out.stdout
             .contains("<stdin>: invalid: 4 errors, 0 warnings"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn validate_v06_says_what_to_do() {
+    let bad = r#"{"authServer": {"upstreams": ["github", "atlassian"]}, "outgoingAuth": {"backends": {
+        "a": {"type": "upstream_inject", "upstreamInject": {"providerName": ""}}}}}"#;
+    let out = cli(&["validate", "-"], bad);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.contains(
+            "[V-06] outgoingAuth.backends[\"a\"].upstreamInject.providerName: outgoingAuth \
+             backend \"a\" upstream_inject requires a non-empty providerName; set it to one of \
+             authServer.upstreams: github, atlassian"
+        ),
         "{}",
         out.stdout
     );

@@ -218,7 +218,6 @@ fn v06_empty_blank_or_missing_provider_name() {
     for upstream_inject in [
         json!({ "providerName": "" }),
         json!({ "providerName": "  " }),
-        json!({}),
     ] {
         let v = with_auth_server(json!({ "backends": {
             "github-mcp": { "type": "upstream_inject", "upstreamInject": upstream_inject } } }));
@@ -233,7 +232,47 @@ fn v06_empty_blank_or_missing_provider_name() {
             ),
             "{text}"
         );
+        // It says what to do: the configured upstreams.
+        assert!(
+            text.contains("set it to one of authServer.upstreams: github, atlassian"),
+            "{text}"
+        );
     }
+    let v = with_auth_server(json!({ "backends": {
+        "github-mcp": { "type": "upstream_inject", "upstreamInject": {} } } }));
+    let text = only_error(
+        &v,
+        Rule::V06,
+        "outgoingAuth.backends[\"github-mcp\"].upstreamInject.providerName",
+    );
+    assert!(
+        text.contains("requires a providerName, and it is missing"),
+        "{text}"
+    );
+    assert!(!text.contains("non-empty"), "missing is not empty: {text}");
+}
+
+#[test]
+fn a_misspelt_provider_name_field_is_unknown_with_a_suggestion_and_missing() {
+    let v = with_auth_server(json!({ "backends": {
+        "github-mcp": { "type": "upstream_inject", "upstreamInject": { "providerNme": "github" } } } }));
+    let problems = errors(&v);
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert_eq!(problems[0].rule, Rule::S02);
+    assert!(
+        problems[0]
+            .message
+            .contains("unknown field \"providerNme\"; did you mean \"providerName\"?"),
+        "{}",
+        problems[0]
+    );
+    assert_eq!(problems[1].rule, Rule::V06);
+    assert!(problems[1].message.contains("missing"), "{}", problems[1]);
+    assert!(
+        !problems[1].message.contains("non-empty"),
+        "{}",
+        problems[1]
+    );
 }
 
 #[test]
@@ -324,8 +363,30 @@ fn v06_blank_subject_provider_name() {
 }
 
 #[test]
-fn v01_comes_before_v06_as_in_toolhive() {
+fn v01_comes_before_v06_and_both_are_reported() {
+    // V-06 does not depend on authServer: one run names both fixes.
     let v = json!({ "outgoingAuth": { "default": inject("") } });
+    let problems = errors(&v);
+    let found: Vec<_> = problems.iter().map(|p| (p.rule, p.path.as_str())).collect();
+    assert_eq!(
+        found,
+        [
+            (Rule::V01, "outgoingAuth.default"),
+            (
+                Rule::V06,
+                "outgoingAuth.default.upstreamInject.providerName"
+            ),
+        ]
+    );
+    assert!(
+        problems[1]
+            .message
+            .contains("listed in authServer.upstreams"),
+        "{}",
+        problems[1]
+    );
+    // A named provider without authServer is V-01 only (V-02 needs the list).
+    let v = json!({ "outgoingAuth": { "default": inject("github") } });
     only_error(&v, Rule::V01, "outgoingAuth.default");
 }
 
