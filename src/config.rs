@@ -330,14 +330,24 @@ fn decode(
     let root: Value = match serde_json::from_slice(json) {
         Ok(v) => v,
         Err(e) => {
+            let not_json = json
+                .iter()
+                .find(|c| !c.is_ascii_whitespace())
+                .is_some_and(|c| !matches!(c, b'{' | b'[' | b'"'));
             problems.report(
                 Rule::S01,
                 "$",
                 format!(
-                    "invalid JSON at line {} column {}: {}",
+                    "invalid JSON at line {} column {}: {}{}",
                     e.line(),
                     e.column(),
-                    json_error_kind(&e)
+                    json_error_kind(&e),
+                    if not_json {
+                        "; the configuration must be this filter's JSON object ({\"outgoingAuth\": \
+                         ...}), not YAML or an Envoy configuration"
+                    } else {
+                        ""
+                    }
                 ),
             );
             return None;

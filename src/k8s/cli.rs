@@ -347,6 +347,11 @@ fn validate_one(source: &Source, quiet: bool, io: &mut Io<'_>) -> bool {
         let severity = if line.warning { "warning" } else { "error" };
         let _ = writeln!(out, "{severity}: {}: {}", source.name, line.text);
     }
+    if !ok {
+        if let Some(hint) = input_kind_hint(&source.text) {
+            let _ = writeln!(out, "note: {}: {hint}", source.name);
+        }
+    }
     if quiet {
         return ok;
     }
@@ -409,6 +414,109 @@ fn short(s: &str) -> String {
     match s.char_indices().nth(200) {
         Some((end, _)) => format!("{}...", s.get(..end).unwrap_or_default()),
         None => s.to_owned(),
+    }
+}
+
+/// Top-level fields of an Envoy bootstrap configuration.
+const ENVOY_BOOTSTRAP_FIELDS: [&str; 8] = [
+    "static_resources",
+    "dynamic_resources",
+    "admin",
+    "node",
+    "layered_runtime",
+    "overload_manager",
+    "cluster_manager",
+    "stats_sinks",
+];
+
+/// What a refused input is, when it is plainly not a filter configuration: YAML, an Envoy
+/// configuration, an http_filters entry, or a Kubernetes resource; and how to get the filter's JSON
+/// from it.
+fn input_kind_hint(text: &str) -> Option<String> {
+    let (value, yaml) = match serde_json::from_str::<Value>(text) {
+        Ok(v) => (v, false),
+        Err(_) => match serde_saphyr::from_str::<Value>(text) {
+            Ok(v @ (Value::Object(_) | Value::Array(_))) => (v, true),
+            _ => return None,
+        },
+    };
+    let form = if yaml { "YAML" } else { "JSON" };
+    let wanted = "validate expects the filter's own configuration, JSON like {\"outgoingAuth\": \
+                  ...}: the string at configuration.value of the envoy.filters.http.wasm filter \
+                  (typed_config.config.configuration.value)";
+    let map = value.as_object();
+    let field = |k: &str| map.and_then(|m| m.get(k));
+    if let Some(kind) = field("kind").and_then(Value::as_str) {
+        if field("apiVersion").is_some() {
+            return Some(
+                if kind == "MCPExternalAuthConfig" || kind == "VirtualMCPServer" {
+                    format!(
+                    "this is a Kubernetes {kind} ({form}); {wanted}. `outgoing-auth convert -f \
+                     FILE` turns MCPExternalAuthConfig resources into it"
+                )
+                } else {
+                    format!("this is a Kubernetes {kind} ({form}); {wanted}")
+                },
+            );
+        }
+    }
+    let envoy = map.is_some_and(|m| ENVOY_BOOTSTRAP_FIELDS.iter().any(|k| m.contains_key(*k)));
+    let filter_entry = field("typed_config").is_some() || field("vm_config").is_some();
+    if envoy || filter_entry {
+        let mut found = Vec::new();
+        find_wasm_configurations(&value, "", &mut found);
+        let what = if envoy {
+            "an Envoy configuration"
+        } else {
+            "an Envoy filter entry"
+        };
+        let place = match found.as_slice() {
+            [] => String::new(),
+            paths => format!(
+                "; this file has it at {}",
+                paths
+                    .iter()
+                    .take(3)
+                    .map(|p| short(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        return Some(format!("this is {what} ({form}); {wanted}{place}"));
+    }
+    if yaml {
+        return Some(format!(
+            "this is YAML; {wanted}. Write the same content as JSON (the filter does not read \
+             YAML)"
+        ));
+    }
+    None
+}
+
+/// Paths of the `configuration.value` of every wasm filter config (an object with `vm_config`).
+fn find_wasm_configurations(v: &Value, path: &str, out: &mut Vec<String>) {
+    if out.len() >= 3 {
+        return;
+    }
+    match v {
+        Value::Object(map) => {
+            if map.contains_key("vm_config") && map.contains_key("configuration") {
+                out.push(
+                    format!("{path}.configuration.value")
+                        .trim_start_matches('.')
+                        .to_owned(),
+                );
+            }
+            for (k, child) in map {
+                find_wasm_configurations(child, &format!("{path}.{k}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                find_wasm_configurations(item, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
     }
 }
 

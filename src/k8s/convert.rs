@@ -365,11 +365,24 @@ pub fn convert_resource(object: &Object, opts: &Options) -> Result<Converted, Ve
     })
 }
 
-/// A resource's decoding error, with a suggestion for a misspelt field.
+/// A resource's decoding error in the words of the resource: `spec.tokenExchange.tokenUrl is
+/// required` rather than serde's "missing field `tokenUrl`", a suggestion for a misspelt field.
 fn decode_diagnostic(origin: String, field: &str, e: &impl std::fmt::Display) -> Diagnostic {
     let text = e.to_string();
     let backticked =
         |s: &str| -> Vec<String> { s.split('`').skip(1).step_by(2).map(str::to_owned).collect() };
+    if let Some(rest) = text.strip_prefix("missing field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        let what = match name {
+            "tokenUrl" => " (the STS token endpoint, an absolute https:// URL)",
+            "providerName" => " (the upstream provider whose token is injected)",
+            "headerName" => " (the header to set)",
+            "valueSecretRef" => " (the Secret key holding the header value)",
+            _ => "",
+        };
+        return Diagnostic::error(origin, format!("{field}.{name} is required{what}"))
+            .with_hint(format!("add {name} to {field}"));
+    }
     if let Some(rest) = text.strip_prefix("unknown field `") {
         let name = rest.split('`').next().unwrap_or_default();
         let allowed = rest
