@@ -8,11 +8,15 @@ provider references wrote 442 MB of log, and 16,000 made the VM run out of memor
 lines, then ``... and K more problems``, each line bounded; the summary keeps the true count.
 
 The bombs are built here, not committed. All the refusing Envoys start at once and are awaited
-together; a valid 120,000-upstream config must start too (the control).
+together; a valid 120,000-upstream config must start too (the control). The unknown-providers bomb
+also comes as a listener update (LDS from a watched file): it used to block admin ``/ready`` for
+28 s; now it is rejected in about a second while ``/ready`` keeps answering.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -170,3 +174,61 @@ def test_a_valid_config_with_120000_upstreams_starts_quickly(envoy_bin, wasm_pat
         assert "configuration loaded: 1000 backend(s)" in envoy.log_text(), envoy.log_tail()
     print(f"valid, 120,000 upstreams: ready in {took:.2f}s")
     assert took < REFUSE_WITHIN_S
+
+
+# --------------------------------------------------------------------------------------------
+# The same bomb as a listener update (LDS from a watched file): Envoy stays responsive.
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+SMALL = filter_config(["github"], {"github-mcp": sc.inject("github")})
+
+
+def write_lds(folder, version: int, filter_cfg: dict, wasm) -> None:
+    listener = h.http_listener("dyn", [h.route("/", "backend")], [h.wasm_filter(filter_cfg, wasm)])
+    tmp = folder / ".lds.json.tmp"
+    tmp.write_text(json.dumps({"version_info": f"v{version}", "resources": [{"@type": LISTENER_TYPE, **listener}]}))
+    os.replace(tmp, folder / "lds.json")
+
+
+def test_a_bomb_as_a_listener_update_is_rejected_quickly_and_admin_stays_responsive(
+    envoy_bin, wasm_path, workdir
+):
+    folder = workdir / "bomb-lds-xds"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_lds(folder, 1, SMALL, wasm_path)
+    boot = h.bootstrap([], [h.cluster("backend", 9)])
+    boot["static_resources"].pop("listeners")
+    boot["node"] = {"id": "bomb-lds", "cluster": "bomb-lds"}
+    boot["dynamic_resources"] = {
+        "lds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {"path": str(folder / "lds.json"), "watched_directory": {"path": str(folder)}},
+        }
+    }
+    with h.Envoy("bomb-lds", boot, workdir, envoy_bin, env=sc.ENV) as envoy:
+        rejected = "listener_manager.lds.update_rejected"
+        before = envoy.stats("listener_manager.lds.").get(rejected, 0)
+        log_before = envoy.log_path.stat().st_size
+        started = time.monotonic()
+        write_lds(folder, 2, BOMBS["unknown-providers"][0], wasm_path)
+        slowest = 0.0
+        while True:
+            assert time.monotonic() - started < REFUSE_WITHIN_S, envoy.log_tail()
+            t = time.monotonic()
+            try:  # admin is served by the main thread, the one that runs on_configure
+                assert envoy.admin_get("/ready", timeout=5.0) == (200, "LIVE\n")
+                done = envoy.stats("listener_manager.lds.").get(rejected, 0) > before
+            except OSError as e:
+                raise AssertionError(f"Envoy's admin blocked for over 5 s by the update: {e}") from None
+            slowest = max(slowest, time.monotonic() - t)
+            if done:
+                break
+            time.sleep(0.05)
+        took = time.monotonic() - started
+        print(f"LDS bomb: rejected in {took:.2f}s, slowest admin answer {slowest:.2f}s")
+        log = envoy.log_text()
+        added = envoy.log_path.stat().st_size - log_before
+        assert added < MAX_LOG_BYTES, f"{added} bytes of log for the update"
+        assert "outgoing-auth: configuration rejected: 16000 problem(s)" in log
+        assert not [s for s in TRAP_SIGNS if s in log]
+        assert envoy.admin_get("/ready") == (200, "LIVE\n")
