@@ -1208,6 +1208,19 @@ fn is_env_name(name: &str) -> bool {
 
 /// Accepts an absolute `http`/`https` URL and splits it for an Envoy HTTP call.
 fn parse_token_url(url: &str) -> Result<TokenUrl, String> {
+    // User information may hold a password: say so without echoing the URL.
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after_scheme
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    if authority.contains('@') {
+        return Err(
+            "tokenUrl must not carry user information (user:password@host); the URL is not \
+             shown, as it may hold a password: authenticate with clientId and clientSecretEnv"
+                .to_owned(),
+        );
+    }
     let bad = |why: &str| format!("tokenUrl {} {why}", quote(url));
     let rest = url
         .strip_prefix("https://")

@@ -739,6 +739,24 @@ fn s13_token_url_must_be_absolute_http() {
 }
 
 #[test]
+fn s13_user_information_in_the_token_url_is_refused_without_echoing_it() {
+    for url in [
+        "https://gw:s3cr3t@sts.example/token",
+        "https://gw:s3cr3t@sts.example",
+        "http://gw:s3cr3t@sts example/token",
+        "gw:s3cr3t@sts.example/token",
+    ] {
+        let v = json!({ "outgoingAuth": { "default": exchange(json!({ "tokenUrl": url })) } });
+        let text = only_error(&v, Rule::S13, "outgoingAuth.default.tokenExchange.tokenUrl");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(text.contains("must not carry user information"), "{text}");
+    }
+    // An '@' in the path is no user information.
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({ "tokenUrl": "https://sts.example/a@b" })) } });
+    assert!(load(&v).is_ok());
+}
+
+#[test]
 fn s13_token_url_is_split_for_the_http_call() {
     let v = json!({ "outgoingAuth": { "default": exchange(json!({ "tokenUrl": "http://127.0.0.1:8080/oauth2/token?x=1" })) } });
     let Some(Strategy::TokenExchange(te)) = load(&v).unwrap().config.outgoing_auth.default else {
