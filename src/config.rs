@@ -5,7 +5,7 @@
 //! Envoy-specific fields a token exchange needs. Decoding walks the JSON by hand instead of using
 //! serde's derive so that it can report *every* problem with its JSON path, not just the first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use serde_json::{Map, Value};
@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::cache::CacheSettings;
 use crate::http;
 use crate::validate::{
-    self, backend_path, member_path, quote, Problem, Problems, Rule, DEFAULT_PATH,
+    self, backend_path, did_you_mean, member_path, quote, Problems, Report, Rule, DEFAULT_PATH,
 };
 
 pub const DEFAULT_METADATA_NAMESPACE: &str = "envoy.filters.http.ext_authz";
@@ -314,30 +314,36 @@ impl fmt::Debug for Secret {
 #[derive(Debug)]
 pub struct Loaded {
     pub config: Config,
-    pub warnings: Vec<Problem>,
+    /// Warnings only (bounded like every [`Report`]); log [`Report::lines`].
+    pub warnings: Report,
 }
 
 /// Decodes and validates the plugin configuration. `env` looks up environment variables (the VM's
 /// `vm_config.environment_variables` inside Envoy; the process environment in the CLI).
 ///
-/// On failure returns every problem found (errors and warnings).
-pub fn load(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Vec<Problem>> {
+/// On failure returns the problems found (errors and warnings) as a bounded [`Report`]: the first
+/// [`validate::MAX_REPORTED_PROBLEMS`] in full, and the true counts. Time and memory are linear in
+/// the size of the configuration, whatever it holds.
+pub fn load(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Report> {
     let mut problems = Problems::default();
     let decoded = decode(json, env, &mut problems);
     if let Some(Decoded {
         config,
         auth_server_broken: false,
+        missing_provider,
     }) = &decoded
     {
-        validate::check_auth_server_integration(config, &mut problems);
+        let missing: HashSet<Option<&str>> =
+            missing_provider.iter().map(|b| b.as_deref()).collect();
+        validate::check_auth_server_integration(config, &missing, &mut problems);
     }
     let config = decoded.map(|d| d.config);
     match config {
         Some(config) if !problems.has_errors() => Ok(Loaded {
             config,
-            warnings: problems.into_vec(),
+            warnings: problems.into_report(),
         }),
-        _ => Err(problems.into_vec()),
+        _ => Err(problems.into_report()),
     }
 }
 
@@ -347,6 +353,8 @@ struct Decoded {
     config: Config,
     /// `authServer` is present but unusable: the cross-field rules would only add noise.
     auth_server_broken: bool,
+    /// The upstream_inject strategies without a `providerName` field (`None`: the default).
+    missing_provider: Vec<Option<String>>,
 }
 
 fn decode(
@@ -366,20 +374,34 @@ fn decode(
     let root: Value = match serde_json::from_slice(json) {
         Ok(v) => v,
         Err(e) => {
+            let not_json = json
+                .iter()
+                .find(|c| !c.is_ascii_whitespace())
+                .is_some_and(|c| !matches!(c, b'{' | b'[' | b'"'));
             problems.report(
                 Rule::S01,
                 "$",
                 format!(
-                    "invalid JSON at line {} column {}: {}",
+                    "invalid JSON at line {} column {}: {}{}",
                     e.line(),
                     e.column(),
-                    json_error_kind(&e)
+                    json_error_kind(&e),
+                    if not_json {
+                        "; the configuration must be this filter's JSON object ({\"outgoingAuth\": \
+                         ...}), not YAML or an Envoy configuration"
+                    } else {
+                        ""
+                    }
                 ),
             );
             return None;
         }
     };
-    let mut d = Decoder { problems, env };
+    let mut d = Decoder {
+        problems,
+        env,
+        missing_provider: Vec::new(),
+    };
     let top = d.object(
         &root,
         "$",
@@ -445,6 +467,7 @@ fn decode(
             handoff,
         },
         auth_server_broken,
+        missing_provider: d.missing_provider,
     })
 }
 
@@ -462,6 +485,8 @@ fn json_error_kind(e: &serde_json::Error) -> String {
 struct Decoder<'p, 'e> {
     problems: &'p mut Problems,
     env: &'e dyn Fn(&str) -> Option<String>,
+    /// The upstream_inject strategies decoded without a `providerName` field.
+    missing_provider: Vec<Option<String>>,
 }
 
 /// A JSON object whose unknown fields have been reported; `null` members count as absent.
@@ -499,15 +524,15 @@ impl Decoder<'_, '_> {
         };
         for key in map.keys() {
             if !known.contains(&key.as_str()) {
-                self.problems.report(
-                    Rule::S02,
-                    &member_path(path, key),
-                    format!(
-                        "unknown field {}; the fields allowed here are: {}",
-                        quote(key),
-                        known.join(", ")
-                    ),
-                );
+                self.problems
+                    .report_with(Rule::S02, &member_path(path, key), || {
+                        format!(
+                            "unknown field {}{}; the fields allowed here are: {}",
+                            quote(key),
+                            did_you_mean(key, known),
+                            known.join(", ")
+                        )
+                    });
             }
         }
         Some(Obj {
@@ -620,6 +645,7 @@ impl Decoder<'_, '_> {
             return None;
         };
         let mut ok = true;
+        let mut seen: HashSet<&str> = HashSet::with_capacity(names.len());
         for (i, name) in names.iter().enumerate() {
             if !is_upstream_name(name) {
                 ok = false;
@@ -632,7 +658,7 @@ impl Decoder<'_, '_> {
                         quote(name)
                     ),
                 );
-            } else if names.get(..i).is_some_and(|before| before.contains(name)) {
+            } else if !seen.insert(name) {
                 ok = false;
                 self.problems.report(
                     Rule::S08,
@@ -975,7 +1001,13 @@ impl Decoder<'_, '_> {
                 ),
             }
         }
-        let default = obj.get("default").map(|v| self.strategy(v, DEFAULT_PATH));
+        let default = obj.get("default").map(|v| {
+            let s = self.strategy(v, DEFAULT_PATH);
+            if s.as_ref().is_some_and(|s| provider_name_missing(s, v)) {
+                self.missing_provider.push(None);
+            }
+            s
+        });
         let mut backends = BTreeMap::new();
         if let Some(v) = obj.get("backends") {
             match v {
@@ -991,6 +1023,9 @@ impl Decoder<'_, '_> {
                             );
                         }
                         if let Some(s) = self.strategy(v, &path) {
+                            if provider_name_missing(&s, v) {
+                                self.missing_provider.push(Some(name.clone()));
+                            }
                             backends.insert(name.clone(), s);
                         }
                     }
@@ -1017,15 +1052,15 @@ impl Decoder<'_, '_> {
         )?;
         let kind = self.required_string(&obj, "type", "the strategy type")?;
         if !STRATEGY_TYPES.contains(&kind) {
-            self.problems.report(
-                Rule::S05,
-                &obj.field("type"),
-                format!(
-                    "unknown strategy type {}; valid types are: {}",
-                    quote(kind),
-                    STRATEGY_TYPES.join(", ")
-                ),
-            );
+            self.problems
+                .report_with(Rule::S05, &obj.field("type"), || {
+                    format!(
+                        "unknown strategy type {}{}; valid types are: {}",
+                        quote(kind),
+                        did_you_mean(kind, &STRATEGY_TYPES),
+                        STRATEGY_TYPES.join(", ")
+                    )
+                });
             return None;
         }
         // Each sub-object is set if and only if its type is selected (as the CRD's CEL rules say).
@@ -1228,11 +1263,41 @@ impl Decoder<'_, '_> {
                     None
                 }
             });
-        let cluster = self.required_string(
-            &obj,
-            "cluster",
-            "the Envoy cluster that reaches the STS (tokenUrl's host)",
-        );
+        // vMCP has no `cluster`: a pasted block names none, and the tokenUrl's host is the name
+        // (as `outgoing-auth convert` names it); a warning says which cluster Envoy must define.
+        let cluster = match (obj.get("cluster"), &token_url) {
+            (None, Some(url)) => match default_sts_cluster(&url.url) {
+                Some(name) => {
+                    self.problems
+                        .report_with(Rule::W02, &obj.field("cluster"), || {
+                            format!(
+                            "cluster is not set, so the token exchange calls the Envoy cluster {} \
+                             (the tokenUrl's host): define a cluster of that name that reaches \
+                             the STS, or set cluster",
+                            quote(&name)
+                        )
+                        });
+                    Some(name)
+                }
+                None => {
+                    self.problems.report(
+                        Rule::S04,
+                        &obj.field("cluster"),
+                        "cluster is required: the Envoy cluster that reaches the STS (the \
+                         tokenUrl has no host to name it after)",
+                    );
+                    None
+                }
+            },
+            (None, None) => None,
+            (Some(_), _) => self
+                .required_string(
+                    &obj,
+                    "cluster",
+                    "the Envoy cluster that reaches the STS (tokenUrl's host)",
+                )
+                .map(str::to_owned),
+        };
         let client_id = self.string(&obj, "clientId").filter(|s| !s.is_empty());
         let has_secret_field =
             obj.get("clientSecret").is_some() || obj.get("clientSecretEnv").is_some();
@@ -1310,7 +1375,7 @@ impl Decoder<'_, '_> {
         }
         Some(TokenExchange {
             token_url: token_url?,
-            cluster: cluster?.to_owned(),
+            cluster: cluster?,
             client_id: client_id.map(str::to_owned),
             client_secret,
             audience,
@@ -1337,6 +1402,61 @@ impl RemovalKind {
     }
 }
 
+/// An upstream_inject strategy decoded from JSON that has no `providerName` field.
+fn provider_name_missing(strategy: &Strategy, json: &Value) -> bool {
+    matches!(strategy, Strategy::UpstreamInject(_))
+        && json
+            .get("upstreamInject")
+            .and_then(|u| u.get("providerName"))
+            .is_none_or(Value::is_null)
+}
+
+/// The host and port of an absolute `http`/`https` URL: the host lower-cased, without user
+/// information or IPv6 brackets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlHost<'a> {
+    pub host: String,
+    /// The port written in the URL, if any.
+    pub port: Option<&'a str>,
+    /// The scheme's port: `443` or `80`.
+    pub default_port: &'static str,
+}
+
+/// Splits an absolute `http`/`https` URL's authority; `None` for another scheme or no host.
+pub fn url_host(url: &str) -> Option<UrlHost<'_>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "https" => "443",
+        "http" => "80",
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match host_port.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some(UrlHost {
+        host: host.to_ascii_lowercase(),
+        port,
+        default_port,
+    })
+}
+
+/// The Envoy cluster a token exchange calls when the config names none: the `tokenUrl`'s host
+/// (`https://sts.example.com/token` → `sts.example.com`). `outgoing-auth convert` names it the same.
+pub fn default_sts_cluster(token_url: &str) -> Option<String> {
+    url_host(token_url).map(|h| h.host)
+}
+
 /// ToolHive's upstream name rule: `^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`.
 pub fn is_upstream_name(name: &str) -> bool {
     let b = name.as_bytes();
@@ -1357,6 +1477,19 @@ fn is_env_name(name: &str) -> bool {
 
 /// Accepts an absolute `http`/`https` URL and splits it for an Envoy HTTP call.
 fn parse_token_url(url: &str) -> Result<TokenUrl, String> {
+    // User information may hold a password: say so without echoing the URL.
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after_scheme
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    if authority.contains('@') {
+        return Err(
+            "tokenUrl must not carry user information (user:password@host); the URL is not \
+             shown, as it may hold a password: authenticate with clientId and clientSecretEnv"
+                .to_owned(),
+        );
+    }
     let bad = |why: &str| format!("tokenUrl {} {why}", quote(url));
     let rest = url
         .strip_prefix("https://")

@@ -647,8 +647,8 @@ impl RootContext for Root {
         let counters = define_counters();
         match config::load(&json, &env) {
             Ok(loaded) => {
-                for warning in &loaded.warnings {
-                    warn!("outgoing-auth: {warning}");
+                for line in loaded.warnings.lines() {
+                    warn!("outgoing-auth: {}", line.text);
                 }
                 let plans = Plans::build(&loaded.config);
                 let handoff = match &loaded.config.handoff {
@@ -686,15 +686,16 @@ impl RootContext for Root {
                 }));
                 true
             }
-            Err(problems) => {
-                for problem in &problems {
-                    if problem.rule.is_warning() {
-                        warn!("outgoing-auth: {problem}");
+            Err(report) => {
+                // At most 100 lines and a "... and K more problems" line, each bounded.
+                for line in report.lines() {
+                    if line.warning {
+                        warn!("outgoing-auth: {}", line.text);
                     } else {
-                        error!("outgoing-auth: {problem}");
+                        error!("outgoing-auth: {}", line.text);
                     }
                 }
-                let errors = problems.iter().filter(|p| !p.rule.is_warning()).count();
+                let errors = report.errors();
                 error!("outgoing-auth: configuration rejected: {errors} problem(s)");
                 if let Some(Some(id)) = counters.get(Counter::ConfigRejected.index()) {
                     let _ = host::increment(*id);

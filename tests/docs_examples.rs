@@ -1,6 +1,6 @@
 //! The documented commands run as shown: every example in the CLI's `--help` output and every
 //! command in the README's Kubernetes section, each through `bash` in a scratch directory that
-//! holds `k8s/` (the repository's), with the built `outgoing-auth` and a stand-in `kubectl` on
+//! holds `k8s/` and `envoy/` (the repository's), with the built `outgoing-auth` and a stand-in `kubectl` on
 //! PATH. README console blocks must also print exactly what they show.
 
 // Test code: a panic is how a test fails.
@@ -40,7 +40,9 @@ fn scratch(name: &str) -> Scratch {
     let _ = std::fs::remove_dir_all(&dir);
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink(Path::new(REPO).join("k8s"), dir.join("k8s")).unwrap();
+    for folder in ["k8s", "envoy"] {
+        std::os::unix::fs::symlink(Path::new(REPO).join(folder), dir.join(folder)).unwrap();
+    }
     std::os::unix::fs::symlink(
         env!("CARGO_BIN_EXE_outgoing-auth"),
         bin.join("outgoing-auth"),

@@ -100,5 +100,5 @@ fn unknown_field_names_are_quoted_in_problem_paths() {
     // Plain names keep the dotted form.
     let problems =
         outgoing_auth::config::load(br#"{"outgoingAuth":{"defualt":{}}}"#, &|_| None).unwrap_err();
-    assert_eq!(problems[0].path, "outgoingAuth.defualt");
+    assert_eq!(problems.problems()[0].path, "outgoingAuth.defualt");
 }

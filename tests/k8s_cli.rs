@@ -466,7 +466,7 @@ fn unknown_and_mistyped_fields_are_reported_with_their_path() {
     )
     .failed();
     assert!(out.stderr.contains(
-        "error: <stdin>: MCPExternalAuthConfig \"x\": spec.upstreamInject.scope: unknown field `scope`"
+        "error: <stdin>: MCPExternalAuthConfig \"x\": spec.upstreamInject.scope: unknown field \"scope\"\n  hint: the fields allowed here are: providerName"
     ), "{}", out.stderr);
     let out = cli(
         &["convert", "-f", "-", "--default", "x"],
@@ -476,6 +476,88 @@ fn unknown_and_mistyped_fields_are_reported_with_their_path() {
     assert!(
         out.stderr
             .contains("spec.tokenExchange.scopes[0]: invalid type: integer `1`"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_missing_required_field_names_the_resource_and_the_field() {
+    let out = cli(
+        &["convert", "-f", "-", "--default", "corp-sts"],
+        &yaml_docs(&[resource(
+            "corp-sts",
+            json!({"type": "tokenExchange", "tokenExchange": {"audience": "https://corp"}}),
+        )]),
+    )
+    .failed();
+    assert!(
+        out.stderr.contains(
+            "error: <stdin>: MCPExternalAuthConfig \"corp-sts\": spec.tokenExchange.tokenUrl is \
+             required (the STS token endpoint"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("missing field"), "{}", out.stderr);
+    let out = cli(
+        &["convert", "-f", "-", "--default", "gh"],
+        &yaml_docs(&[resource(
+            "gh",
+            json!({"type": "upstreamInject", "upstreamInject": {}}),
+        )]),
+    )
+    .failed();
+    assert!(
+        out.stderr
+            .contains("MCPExternalAuthConfig \"gh\": spec.upstreamInject.providerName is required"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_misspelt_resource_field_gets_a_suggestion() {
+    let out = cli(
+        &["convert", "-f", "-", "--default", "corp-sts"],
+        &yaml_docs(&[corp_sts(json!({"clientID": "gw"}))]),
+    )
+    .failed();
+    assert!(
+        out.stderr.contains(
+            "spec.tokenExchange.clientID: unknown field \"clientID\"; did you mean \"clientId\"?"
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_empty_provider_example_reports_v01_and_v06_without_upstreams() {
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            &repo("k8s/examples/invalid/empty-provider-name.yaml"),
+            "--default",
+            "github-empty",
+        ],
+        "",
+    )
+    .failed();
+    assert!(
+        out.stderr.contains("[V-01] outgoingAuth.default:"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("[V-06] outgoingAuth.default.upstreamInject.providerName:"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("conversion failed with 2 errors"),
         "{}",
         out.stderr
     );
@@ -1761,6 +1843,110 @@ fn validate_prints_every_problem_with_its_rule_id() {
 }
 
 #[test]
+fn validate_v06_says_what_to_do() {
+    let bad = r#"{"authServer": {"upstreams": ["github", "atlassian"]}, "outgoingAuth": {"backends": {
+        "a": {"type": "upstream_inject", "upstreamInject": {"providerName": ""}}}}}"#;
+    let out = cli(&["validate", "-"], bad);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.contains(
+            "[V-06] outgoingAuth.backends[\"a\"].upstreamInject.providerName: outgoingAuth \
+             backend \"a\" upstream_inject requires a non-empty providerName; set it to one of \
+             authServer.upstreams: github, atlassian"
+        ),
+        "{}",
+        out.stdout
+    );
+}
+
+/// `validate` on something that is not the filter's JSON says what it is and what it wants.
+fn validate_note(input: &str) -> String {
+    let out = cli(&["validate", "-"], input);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let notes: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("note: <stdin>: "))
+        .collect();
+    assert_eq!(notes.len(), 1, "{}", out.stdout);
+    assert!(
+        notes[0].contains("validate expects the filter's own configuration, JSON like"),
+        "{}",
+        notes[0]
+    );
+    notes[0].to_owned()
+}
+
+#[test]
+fn validate_on_an_envoy_config_says_where_the_filter_config_is() {
+    let envoy_yaml = std::fs::read_to_string(repo("envoy/envoy.yaml")).unwrap();
+    let note = validate_note(&envoy_yaml);
+    assert!(
+        note.contains("this is an Envoy configuration (YAML)"),
+        "{note}"
+    );
+    assert!(
+        note.contains("configuration.value of the envoy.filters.http.wasm filter"),
+        "{note}"
+    );
+    assert!(
+        note.contains(
+            "this file has it at static_resources.listeners[0].filter_chains[0].filters[0]\
+             .typed_config.http_filters[1].typed_config.config.configuration.value"
+        ),
+        "{note}"
+    );
+    // The same in JSON: the S-02 lines, and the same note.
+    let v: Value = serde_saphyr::from_str(&envoy_yaml).unwrap();
+    let note = validate_note(&v.to_string());
+    assert!(
+        note.contains("this is an Envoy configuration (JSON)"),
+        "{note}"
+    );
+    // One http_filters entry.
+    let entry = json!({"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {"vm_config": {"runtime": "envoy.wasm.runtime.v8"},
+                   "configuration": {"value": "{}"}}}});
+    let note = validate_note(&entry.to_string());
+    assert!(
+        note.contains("this is an Envoy filter entry (JSON)"),
+        "{note}"
+    );
+    assert!(
+        note.contains("this file has it at typed_config.config.configuration.value"),
+        "{note}"
+    );
+}
+
+#[test]
+fn validate_on_yaml_or_a_resource_says_what_it_expects() {
+    let note = validate_note("outgoingAuth:\n  default:\n    type: unauthenticated\n");
+    assert!(note.contains("this is YAML"), "{note}");
+    assert!(note.contains("Write the same content as JSON"), "{note}");
+    let out = cli(
+        &["validate", "-"],
+        "outgoingAuth:\n  default:\n    type: unauthenticated\n",
+    );
+    assert!(
+        !out.stdout
+            .contains("invalid JSON at line 1 column 1: expected value\n"),
+        "the S-01 line says more than serde: {}",
+        out.stdout
+    );
+    let resource = std::fs::read_to_string(repo("k8s/examples/upstream-inject.yaml")).unwrap();
+    let note = validate_note(&resource);
+    assert!(
+        note.contains("this is a Kubernetes MCPExternalAuthConfig (YAML)"),
+        "{note}"
+    );
+    assert!(note.contains("outgoing-auth convert -f FILE"), "{note}");
+    // Broken JSON is just broken JSON: no note.
+    let out = cli(&["validate", "-"], "{\"outgoingAuth\": {,}");
+    assert!(!out.stdout.contains("note:"), "{}", out.stdout);
+}
+
+#[test]
 fn validate_matches_config_load_on_many_configs() {
     // The command's verdict is config::load's, whatever the config.
     let configs = [
@@ -1786,12 +1972,15 @@ fn validate_matches_config_load_on_many_configs() {
             Err(p) => p,
         };
         assert_eq!(
-            out.stdout.lines().count(),
-            problems.len(),
+            out.stdout
+                .lines()
+                .filter(|l| !l.starts_with("note: "))
+                .count(),
+            problems.lines().count(),
             "{c}: {}",
             out.stdout
         );
-        for p in problems {
+        for p in &problems {
             assert!(out.stdout.contains(&p.to_string()), "{p} missing");
         }
     }

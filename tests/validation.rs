@@ -10,7 +10,7 @@
 )]
 
 use outgoing_auth::config::{self, Strategy, SubjectTokenType, TokenLayout};
-use outgoing_auth::validate::{Problem, Rule};
+use outgoing_auth::validate::{Problem, Report, Rule};
 use serde_json::{json, Value};
 
 fn env(name: &str) -> Option<String> {
@@ -23,14 +23,14 @@ fn env(name: &str) -> Option<String> {
     }
 }
 
-fn load(v: &Value) -> Result<config::Loaded, Vec<Problem>> {
+fn load(v: &Value) -> Result<config::Loaded, Report> {
     config::load(v.to_string().as_bytes(), &env)
 }
 
 fn errors(v: &Value) -> Vec<Problem> {
     match load(v) {
         Ok(_) => panic!("config was accepted: {v}"),
-        Err(problems) => problems,
+        Err(report) => report.problems().to_vec(),
     }
 }
 
@@ -218,7 +218,6 @@ fn v06_empty_blank_or_missing_provider_name() {
     for upstream_inject in [
         json!({ "providerName": "" }),
         json!({ "providerName": "  " }),
-        json!({}),
     ] {
         let v = with_auth_server(json!({ "backends": {
             "github-mcp": { "type": "upstream_inject", "upstreamInject": upstream_inject } } }));
@@ -233,7 +232,122 @@ fn v06_empty_blank_or_missing_provider_name() {
             ),
             "{text}"
         );
+        // It says what to do: the configured upstreams.
+        assert!(
+            text.contains("set it to one of authServer.upstreams: github, atlassian"),
+            "{text}"
+        );
     }
+    let v = with_auth_server(json!({ "backends": {
+        "github-mcp": { "type": "upstream_inject", "upstreamInject": {} } } }));
+    let text = only_error(
+        &v,
+        Rule::V06,
+        "outgoingAuth.backends[\"github-mcp\"].upstreamInject.providerName",
+    );
+    assert!(
+        text.contains("requires a providerName, and it is missing"),
+        "{text}"
+    );
+    assert!(!text.contains("non-empty"), "missing is not empty: {text}");
+}
+
+#[test]
+fn a_misspelt_provider_name_field_is_unknown_with_a_suggestion_and_missing() {
+    let v = with_auth_server(json!({ "backends": {
+        "github-mcp": { "type": "upstream_inject", "upstreamInject": { "providerNme": "github" } } } }));
+    let problems = errors(&v);
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert_eq!(problems[0].rule, Rule::S02);
+    assert!(
+        problems[0]
+            .message
+            .contains("unknown field \"providerNme\"; did you mean \"providerName\"?"),
+        "{}",
+        problems[0]
+    );
+    assert_eq!(problems[1].rule, Rule::V06);
+    assert!(problems[1].message.contains("missing"), "{}", problems[1]);
+    assert!(
+        !problems[1].message.contains("non-empty"),
+        "{}",
+        problems[1]
+    );
+}
+
+#[test]
+fn every_unknown_field_gets_the_closest_known_name_if_one_is_close() {
+    let cases = [
+        (json!({ "outgoingAuht": {} }), "outgoingAuth"),
+        (
+            json!({ "authServer": { "upstream": ["github"] }, "outgoingAuth": {} }),
+            "upstreams",
+        ),
+        (
+            json!({ "authServer": { "upstreams": ["github"], "tokens": { "metadataKye": "x" } }, "outgoingAuth": {} }),
+            "metadataKey",
+        ),
+        (
+            json!({ "outgoingAuth": { "default": exchange(json!({ "clientID": "gw" })) } }),
+            "clientId",
+        ),
+        (
+            json!({ "outgoingAuth": { "default": exchange(json!({ "subject_provider_name": "x" })) } }),
+            "subjectProviderName",
+        ),
+        (
+            json!({ "outgoingAuth": { "backends": { "a": { "type": "header_injection",
+                "headerInjection": { "headername": "X", "headerValue": "v" } } } } }),
+            "headerName",
+        ),
+        (
+            json!({ "outgoingAuth": { "defaults": { "type": "unauthenticated" } } }),
+            "default",
+        ),
+    ];
+    for (v, expected) in cases {
+        let problems = errors(&v);
+        let s02 = problems.iter().find(|p| p.rule == Rule::S02).unwrap();
+        assert!(
+            s02.message
+                .contains(&format!("did you mean \"{expected}\"?")),
+            "{s02}"
+        );
+    }
+    // Nothing close: no suggestion, just the list.
+    let problems = errors(&json!({ "bogus": 1, "outgoingAuth": {} }));
+    assert!(
+        !problems[0].message.contains("did you mean"),
+        "{}",
+        problems[0]
+    );
+    assert!(
+        problems[0].message.contains("outgoingAuth"),
+        "{}",
+        problems[0]
+    );
+}
+
+#[test]
+fn the_crds_type_spellings_get_the_filters_spelling_suggested() {
+    for (crd, filter) in [
+        ("upstreamInject", "upstream_inject"),
+        ("tokenExchange", "token_exchange"),
+        ("headerInjection", "header_injection"),
+        ("Unauthenticated", "unauthenticated"),
+        ("upstream-inject", "upstream_inject"),
+        ("token_exchnage", "token_exchange"),
+    ] {
+        let v = json!({ "outgoingAuth": { "default": { "type": crd } } });
+        let text = only_error(&v, Rule::S05, "outgoingAuth.default.type");
+        assert!(
+            text.contains(&format!("did you mean \"{filter}\"?")),
+            "{text}"
+        );
+    }
+    let v = json!({ "outgoingAuth": { "default": { "type": "oauth2" } } });
+    let text = only_error(&v, Rule::S05, "outgoingAuth.default.type");
+    assert!(!text.contains("did you mean"), "{text}");
 }
 
 #[test]
@@ -249,8 +363,30 @@ fn v06_blank_subject_provider_name() {
 }
 
 #[test]
-fn v01_comes_before_v06_as_in_toolhive() {
+fn v01_comes_before_v06_and_both_are_reported() {
+    // V-06 does not depend on authServer: one run names both fixes.
     let v = json!({ "outgoingAuth": { "default": inject("") } });
+    let problems = errors(&v);
+    let found: Vec<_> = problems.iter().map(|p| (p.rule, p.path.as_str())).collect();
+    assert_eq!(
+        found,
+        [
+            (Rule::V01, "outgoingAuth.default"),
+            (
+                Rule::V06,
+                "outgoingAuth.default.upstreamInject.providerName"
+            ),
+        ]
+    );
+    assert!(
+        problems[1]
+            .message
+            .contains("listed in authServer.upstreams"),
+        "{}",
+        problems[1]
+    );
+    // A named provider without authServer is V-01 only (V-02 needs the list).
+    let v = json!({ "outgoingAuth": { "default": inject("github") } });
     only_error(&v, Rule::V01, "outgoingAuth.default");
 }
 
@@ -258,7 +394,10 @@ fn v01_comes_before_v06_as_in_toolhive() {
 
 #[test]
 fn s01_invalid_json_reports_line_and_column() {
-    let problems = config::load(b"{\n  \"outgoingAuth\": {,\n}", &env).unwrap_err();
+    let problems = config::load(b"{\n  \"outgoingAuth\": {,\n}", &env)
+        .unwrap_err()
+        .problems()
+        .to_vec();
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].rule, Rule::S01);
     assert!(
@@ -270,14 +409,14 @@ fn s01_invalid_json_reports_line_and_column() {
 
 #[test]
 fn s01_empty_configuration() {
-    let problems = config::load(b"  ", &env).unwrap_err();
+    let problems = config::load(b"  ", &env).unwrap_err().problems().to_vec();
     assert_eq!(problems[0].rule, Rule::S01);
     assert!(problems[0].message.contains("empty"));
 }
 
 #[test]
 fn s03_top_level_must_be_an_object() {
-    let problems = config::load(b"[1]", &env).unwrap_err();
+    let problems = config::load(b"[1]", &env).unwrap_err().problems().to_vec();
     assert_eq!(problems[0].rule, Rule::S03);
 }
 
@@ -600,6 +739,24 @@ fn s13_token_url_must_be_absolute_http() {
 }
 
 #[test]
+fn s13_user_information_in_the_token_url_is_refused_without_echoing_it() {
+    for url in [
+        "https://gw:s3cr3t@sts.example/token",
+        "https://gw:s3cr3t@sts.example",
+        "http://gw:s3cr3t@sts example/token",
+        "gw:s3cr3t@sts.example/token",
+    ] {
+        let v = json!({ "outgoingAuth": { "default": exchange(json!({ "tokenUrl": url })) } });
+        let text = only_error(&v, Rule::S13, "outgoingAuth.default.tokenExchange.tokenUrl");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(text.contains("must not carry user information"), "{text}");
+    }
+    // An '@' in the path is no user information.
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({ "tokenUrl": "https://sts.example/a@b" })) } });
+    assert!(load(&v).is_ok());
+}
+
+#[test]
 fn s13_token_url_is_split_for_the_http_call() {
     let v = json!({ "outgoingAuth": { "default": exchange(json!({ "tokenUrl": "http://127.0.0.1:8080/oauth2/token?x=1" })) } });
     let Some(Strategy::TokenExchange(te)) = load(&v).unwrap().config.outgoing_auth.default else {
@@ -664,18 +821,60 @@ fn s13_scopes_are_scope_tokens() {
 }
 
 #[test]
-fn s04_token_exchange_requires_url_and_cluster() {
+fn s04_token_exchange_requires_url() {
     let v =
         json!({ "outgoingAuth": { "default": { "type": "token_exchange", "tokenExchange": {} } } });
     let problems = errors(&v);
     let paths: Vec<_> = problems.iter().map(|p| (p.rule, p.path.as_str())).collect();
+    // No cluster problem: without a tokenUrl there is nothing to say about it yet.
     assert_eq!(
         paths,
-        [
-            (Rule::S04, "outgoingAuth.default.tokenExchange.tokenUrl"),
-            (Rule::S04, "outgoingAuth.default.tokenExchange.cluster"),
-        ]
+        [(Rule::S04, "outgoingAuth.default.tokenExchange.tokenUrl")]
     );
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({ "cluster": " " })) } });
+    only_error(&v, Rule::S04, "outgoingAuth.default.tokenExchange.cluster");
+}
+
+#[test]
+fn w02_cluster_defaults_to_the_token_url_host_with_a_warning() {
+    let v = json!({ "outgoingAuth": { "default": { "type": "token_exchange",
+        "tokenExchange": { "tokenUrl": "https://STS.corp.example:8443/oauth2/token" } } } });
+    let loaded = load(&v).unwrap();
+    let Some(Strategy::TokenExchange(te)) = &loaded.config.outgoing_auth.default else {
+        panic!("{:?}", loaded.config)
+    };
+    assert_eq!(te.cluster, "sts.corp.example");
+    // The same name `outgoing-auth convert` gives it.
+    assert_eq!(
+        outgoing_auth::k8s::convert::default_cluster(
+            "https://STS.corp.example:8443/oauth2/token",
+            outgoing_auth::k8s::convert::ClusterNaming::Host
+        )
+        .as_deref(),
+        Some(te.cluster.as_str())
+    );
+    let warnings = loaded.warnings.problems();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert_eq!(warnings[0].rule, Rule::W02);
+    assert_eq!(
+        warnings[0].path,
+        "outgoingAuth.default.tokenExchange.cluster"
+    );
+    assert!(
+        warnings[0]
+            .message
+            .contains("calls the Envoy cluster \"sts.corp.example\""),
+        "{}",
+        warnings[0]
+    );
+    // An explicit cluster wins, without a warning.
+    let v = json!({ "outgoingAuth": { "default": exchange(json!({ "cluster": "my-sts" })) } });
+    let loaded = load(&v).unwrap();
+    assert!(loaded.warnings.is_empty());
+    let Some(Strategy::TokenExchange(te)) = &loaded.config.outgoing_auth.default else {
+        panic!()
+    };
+    assert_eq!(te.cluster, "my-sts");
 }
 
 // ---- S-14: ranges
@@ -706,9 +905,10 @@ fn s14_numbers_out_of_range() {
 fn w01_inline_client_secret_warns_but_loads() {
     let v = json!({ "outgoingAuth": { "default": exchange(json!({ "clientId": "gw", "clientSecret": "s3cr3t" })) } });
     let loaded = load(&v).unwrap();
-    assert_eq!(loaded.warnings.len(), 1);
-    assert_eq!(loaded.warnings[0].rule, Rule::W01);
-    assert!(!loaded.warnings[0].to_string().contains("s3cr3t"));
+    let warnings = loaded.warnings.problems();
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(warnings[0].rule, Rule::W01);
+    assert!(!warnings[0].to_string().contains("s3cr3t"));
     let v = json!({ "outgoingAuth": { "default": exchange(json!({ "clientId": "gw", "clientSecretEnv": "STS_SECRET" })) } });
     assert!(load(&v).unwrap().warnings.is_empty());
 }
@@ -879,11 +1079,13 @@ fn handoff_env(name: &str) -> Option<String> {
 }
 
 fn load_handoff(v: &Value) -> Result<config::Loaded, Vec<Problem>> {
-    config::load(v.to_string().as_bytes(), &handoff_env)
+    config::load(v.to_string().as_bytes(), &handoff_env).map_err(|r| r.problems().to_vec())
 }
 
 fn handoff_error(v: &Value, path: &str) -> String {
-    let problems = load_handoff(v).expect_err("config was accepted");
+    let Err(problems) = load_handoff(v) else {
+        panic!("config was accepted: {v}");
+    };
     assert_eq!(problems.len(), 1, "{problems:#?}");
     assert_eq!(
         (problems[0].rule, problems[0].path.as_str()),
@@ -972,4 +1174,72 @@ fn s17_a_bad_header_name_or_a_missing_key_variable_names_its_own_rule() {
     )
     .unwrap_err();
     assert_eq!(problems[0].rule, Rule::S11, "{problems:#?}");
+}
+
+// ---- A vMCP outgoingAuth block pastes in as-is
+
+/// ToolHive's own examples (research notes, toolhive-vmcp-spec.md): RFC-0054's Mode B
+/// `outgoingAuth` (two upstream_inject backends, a token_exchange with subjectProviderName, a
+/// header_injection), and the token_exchange shapes `TestTokenExchangeStrategy_Validate` accepts
+/// (only tokenUrl; every field; id_token; clientId only). vMCP has no `cluster`: none is written.
+fn toolhive_outgoing_auth() -> Value {
+    json!({
+        "source": "inline",
+        "backends": {
+            "github-tools": { "type": "upstream_inject", "upstreamInject": { "providerName": "github" } },
+            "atlassian-tools": { "type": "upstream_inject", "upstreamInject": { "providerName": "atlassian" } },
+            "corporate-api": { "type": "token_exchange", "tokenExchange": {
+                "tokenUrl": "https://sts.corp.example.com/oauth2/token",
+                "audience": "https://corporate-api.example.com",
+                "subjectProviderName": "corporate-idp" } },
+            "internal-api": { "type": "header_injection", "headerInjection": {
+                "headerName": "X-API-Key", "headerValueEnv": "INTERNAL_KEY" } },
+            "only-token-url": { "type": "token_exchange", "tokenExchange": {
+                "tokenUrl": "https://auth.example.com/token" } },
+            "all-fields": { "type": "token_exchange", "tokenExchange": {
+                "tokenUrl": "https://auth.example.com/token", "clientId": "client-id",
+                "clientSecretEnv": "STS_SECRET", "audience": "https://backend.example.com",
+                "scopes": ["read", "write"], "subjectTokenType": "access_token" } },
+            "id-token": { "type": "token_exchange", "tokenExchange": {
+                "tokenUrl": "https://auth.example.com:8443/token", "subjectTokenType": "id_token" } },
+            "client-id-only": { "type": "token_exchange", "tokenExchange": {
+                "tokenUrl": "http://127.0.0.1:9000/token", "clientId": "client-id" } }
+        }
+    })
+}
+
+#[test]
+fn toolhives_outgoing_auth_examples_paste_in_as_is() {
+    let v = json!({
+        "authServer": { "upstreams": ["github", "atlassian", "corporate-idp"] },
+        "outgoingAuth": toolhive_outgoing_auth(),
+    });
+    let loaded = load(&v).unwrap();
+    let clusters: Vec<(&str, &str)> = loaded
+        .config
+        .outgoing_auth
+        .backends
+        .iter()
+        .filter_map(|(name, s)| match s {
+            Strategy::TokenExchange(t) => Some((name.as_str(), t.cluster.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        clusters,
+        [
+            ("all-fields", "auth.example.com"),
+            ("client-id-only", "127.0.0.1"),
+            ("corporate-api", "sts.corp.example.com"),
+            ("id-token", "auth.example.com"),
+            ("only-token-url", "auth.example.com"),
+        ]
+    );
+    // One W-02 per defaulted cluster, naming the cluster Envoy must define; nothing else.
+    let warnings = loaded.warnings.problems();
+    assert_eq!(warnings.len(), 5, "{warnings:#?}");
+    assert!(warnings.iter().all(|w| w.rule == Rule::W02));
+    assert!(warnings.iter().any(|w| w.path
+        == "outgoingAuth.backends[\"corporate-api\"].tokenExchange.cluster"
+        && w.message.contains("\"sts.corp.example.com\"")));
 }

@@ -14,6 +14,7 @@ use super::diag::{quote, Diagnostic};
 use super::input::{self, Source};
 use super::output::{self, Format, ISTIO_PHASES};
 use crate::config;
+use crate::validate;
 
 /// Exit status: success.
 pub const EXIT_OK: i32 = 0;
@@ -344,18 +345,19 @@ fn validate(args: &[String], io: &mut Io<'_>) -> i32 {
 fn validate_one(source: &Source, quiet: bool, io: &mut Io<'_>) -> bool {
     let env = io.env;
     let result = config::load(source.text.as_bytes(), &|name| env(name));
-    let (ok, problems) = match &result {
-        Ok(loaded) => (true, loaded.warnings.clone()),
-        Err(problems) => (false, problems.clone()),
+    let (ok, report) = match &result {
+        Ok(loaded) => (true, &loaded.warnings),
+        Err(report) => (false, report),
     };
     let out = &mut *io.stdout;
-    for p in &problems {
-        let severity = if p.rule.is_warning() {
-            "warning"
-        } else {
-            "error"
-        };
-        let _ = writeln!(out, "{severity}: {}: {p}", source.name);
+    for line in report.lines() {
+        let severity = if line.warning { "warning" } else { "error" };
+        let _ = writeln!(out, "{severity}: {}: {}", source.name, line.text);
+    }
+    if !ok {
+        if let Some(hint) = input_kind_hint(&source.text) {
+            let _ = writeln!(out, "note: {}: {hint}", source.name);
+        }
     }
     if quiet {
         return ok;
@@ -367,18 +369,26 @@ fn validate_one(source: &Source, quiet: bool, io: &mut Io<'_>) -> bool {
             "{}: environment variables this config needs:",
             source.name
         );
-        let width = vars.iter().map(|(v, _)| v.len()).max().unwrap_or(0);
-        for (var, path) in &vars {
+        let width = vars
+            .iter()
+            .take(MAX_LISTED_VARIABLES)
+            .map(|(v, _)| v.len().min(64))
+            .max()
+            .unwrap_or(0);
+        for (var, path) in vars.iter().take(MAX_LISTED_VARIABLES) {
             let state = match env(var) {
                 Some(v) if !v.is_empty() => "set",
                 Some(_) => "EMPTY",
                 None => "NOT SET",
             };
-            let _ = writeln!(out, "  {var:<width$}  {state:<7}  {path}");
+            let _ = writeln!(out, "  {:<width$}  {state:<7}  {}", short(var), short(path));
+        }
+        if vars.len() > MAX_LISTED_VARIABLES {
+            let _ = writeln!(out, "  ... and {} more", vars.len() - MAX_LISTED_VARIABLES);
         }
     }
-    let errors = problems.iter().filter(|p| !p.rule.is_warning()).count();
-    let warnings = problems.len() - errors;
+    let errors = report.errors();
+    let warnings = report.warnings();
     let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     if ok {
         let summary = match &result {
@@ -403,6 +413,120 @@ fn validate_one(source: &Source, quiet: bool, io: &mut Io<'_>) -> bool {
     ok
 }
 
+/// At most this many environment variables are listed by `validate`.
+const MAX_LISTED_VARIABLES: usize = 100;
+
+/// A name or path cut for one output line.
+fn short(s: &str) -> String {
+    match s.char_indices().nth(200) {
+        Some((end, _)) => format!("{}...", s.get(..end).unwrap_or_default()),
+        None => s.to_owned(),
+    }
+}
+
+/// Top-level fields of an Envoy bootstrap configuration.
+const ENVOY_BOOTSTRAP_FIELDS: [&str; 8] = [
+    "static_resources",
+    "dynamic_resources",
+    "admin",
+    "node",
+    "layered_runtime",
+    "overload_manager",
+    "cluster_manager",
+    "stats_sinks",
+];
+
+/// What a refused input is, when it is plainly not a filter configuration: YAML, an Envoy
+/// configuration, an http_filters entry, or a Kubernetes resource; and how to get the filter's JSON
+/// from it.
+fn input_kind_hint(text: &str) -> Option<String> {
+    let (value, yaml) = match serde_json::from_str::<Value>(text) {
+        Ok(v) => (v, false),
+        Err(_) => match serde_saphyr::from_str::<Value>(text) {
+            Ok(v @ (Value::Object(_) | Value::Array(_))) => (v, true),
+            _ => return None,
+        },
+    };
+    let form = if yaml { "YAML" } else { "JSON" };
+    let wanted = "validate expects the filter's own configuration, JSON like {\"outgoingAuth\": \
+                  ...}: the string at configuration.value of the envoy.filters.http.wasm filter \
+                  (typed_config.config.configuration.value)";
+    let map = value.as_object();
+    let field = |k: &str| map.and_then(|m| m.get(k));
+    if let Some(kind) = field("kind").and_then(Value::as_str) {
+        if field("apiVersion").is_some() {
+            return Some(
+                if kind == "MCPExternalAuthConfig" || kind == "VirtualMCPServer" {
+                    format!(
+                    "this is a Kubernetes {kind} ({form}); {wanted}. `outgoing-auth convert -f \
+                     FILE` turns MCPExternalAuthConfig resources into it"
+                )
+                } else {
+                    format!("this is a Kubernetes {kind} ({form}); {wanted}")
+                },
+            );
+        }
+    }
+    let envoy = map.is_some_and(|m| ENVOY_BOOTSTRAP_FIELDS.iter().any(|k| m.contains_key(*k)));
+    let filter_entry = field("typed_config").is_some() || field("vm_config").is_some();
+    if envoy || filter_entry {
+        let mut found = Vec::new();
+        find_wasm_configurations(&value, "", &mut found);
+        let what = if envoy {
+            "an Envoy configuration"
+        } else {
+            "an Envoy filter entry"
+        };
+        let place = match found.as_slice() {
+            [] => String::new(),
+            paths => format!(
+                "; this file has it at {}",
+                paths
+                    .iter()
+                    .take(3)
+                    .map(|p| short(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        return Some(format!("this is {what} ({form}); {wanted}{place}"));
+    }
+    if yaml {
+        return Some(format!(
+            "this is YAML; {wanted}. Write the same content as JSON (the filter does not read \
+             YAML)"
+        ));
+    }
+    None
+}
+
+/// Paths of the `configuration.value` of every wasm filter config (an object with `vm_config`).
+fn find_wasm_configurations(v: &Value, path: &str, out: &mut Vec<String>) {
+    if out.len() >= 3 {
+        return;
+    }
+    match v {
+        Value::Object(map) => {
+            if map.contains_key("vm_config") && map.contains_key("configuration") {
+                out.push(
+                    format!("{path}.configuration.value")
+                        .trim_start_matches('.')
+                        .to_owned(),
+                );
+            }
+            for (k, child) in map {
+                find_wasm_configurations(child, &format!("{path}.{k}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                find_wasm_configurations(item, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// `default unauthenticated, 2 backends: github-mcp upstream_inject, internal header_injection`.
 fn describe(c: &config::Config) -> String {
     let default = c
@@ -414,16 +538,23 @@ fn describe(c: &config::Config) -> String {
         .outgoing_auth
         .backends
         .iter()
-        .map(|(name, s)| format!("{name} {}", s.type_name()))
+        .take(validate::MAX_LISTED_ITEMS)
+        .map(|(name, s)| format!("{} {}", short(name), s.type_name()))
         .collect();
-    let n = backends.len();
+    let n = c.outgoing_auth.backends.len();
+    let more = n.saturating_sub(backends.len());
     if n == 0 {
         format!("default {default}, no backends")
     } else {
         format!(
-            "default {default}, {n} backend{}: {}",
+            "default {default}, {n} backend{}: {}{}",
             if n == 1 { "" } else { "s" },
-            backends.join(", ")
+            backends.join(", "),
+            if more > 0 {
+                format!(", ... and {} more", validate::thousands(more))
+            } else {
+                String::new()
+            }
         )
     }
 }

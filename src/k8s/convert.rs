@@ -17,7 +17,7 @@ use super::resources::{
     MCPExternalAuthConfigSpec, SecretKeyRef, VirtualServerSpec, EXTERNAL_AUTH_KIND,
 };
 use crate::config;
-use crate::validate::{Problem, Rule};
+use crate::validate::{backend_path, thousands, Problem, Report, Rule, MAX_LISTED_ITEMS};
 
 /// What the command line adds to the resources.
 #[derive(Debug, Clone, Default)]
@@ -226,7 +226,7 @@ pub fn convert_resource(object: &Object, opts: &Options) -> Result<Converted, Ve
     let spec: MCPExternalAuthConfigSpec =
         serde_path_to_error::deserialize(&object.spec).map_err(|e| {
             let field = spec_path(&e.path().to_string());
-            err(format!("{field}: {}", e.into_inner()))
+            vec![decode_diagnostic(origin.clone(), &field, &e.into_inner())]
         })?;
 
     let mut errors = Vec::new();
@@ -365,6 +365,51 @@ pub fn convert_resource(object: &Object, opts: &Options) -> Result<Converted, Ve
     })
 }
 
+/// A resource's decoding error in the words of the resource: `spec.tokenExchange.tokenUrl is
+/// required` rather than serde's "missing field `tokenUrl`", a suggestion for a misspelt field.
+fn decode_diagnostic(origin: String, field: &str, e: &impl std::fmt::Display) -> Diagnostic {
+    let text = e.to_string();
+    let backticked =
+        |s: &str| -> Vec<String> { s.split('`').skip(1).step_by(2).map(str::to_owned).collect() };
+    if let Some(rest) = text.strip_prefix("missing field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        let what = match name {
+            "tokenUrl" => " (the STS token endpoint, an absolute https:// URL)",
+            "providerName" => " (the upstream provider whose token is injected)",
+            "headerName" => " (the header to set)",
+            "valueSecretRef" => " (the Secret key holding the header value)",
+            _ => "",
+        };
+        return Diagnostic::error(origin, format!("{field}.{name} is required{what}"))
+            .with_hint(format!("add {name} to {field}"));
+    }
+    if let Some(rest) = text.strip_prefix("unknown field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        let allowed = rest
+            .split_once("expected ")
+            .map(|(_, list)| backticked(list))
+            .unwrap_or_default();
+        let candidates: Vec<&str> = allowed.iter().map(String::as_str).collect();
+        let d = Diagnostic::error(
+            origin,
+            format!(
+                "{field}: unknown field {}{}",
+                quote(name),
+                crate::validate::did_you_mean(name, &candidates)
+            ),
+        );
+        return if candidates.is_empty() {
+            d
+        } else {
+            d.with_hint(format!(
+                "the fields allowed here are: {}",
+                candidates.join(", ")
+            ))
+        };
+    }
+    Diagnostic::error(origin, format!("{field}: {text}"))
+}
+
 /// `spec.a.b[0]` from serde_path_to_error's `a.b[0]` (`.` is the root, `[0]` a root index).
 fn spec_path(path: &str) -> String {
     match path {
@@ -384,34 +429,17 @@ fn normalize_token_type(s: &str) -> String {
 
 /// The STS cluster named after `tokenUrl`: its host, or Istio's `outbound|PORT||HOST`.
 pub fn default_cluster(token_url: &str, naming: ClusterNaming) -> Option<String> {
-    let (scheme, rest) = token_url.split_once("://")?;
-    let default_port = match scheme.to_ascii_lowercase().as_str() {
-        "https" => "443",
-        "http" => "80",
-        _ => return None,
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host_port = authority.rsplit('@').next().unwrap_or_default();
-    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
-        let (h, after) = v6.split_once(']')?;
-        (h, after.strip_prefix(':'))
-    } else {
-        match host_port.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (host_port, None),
+    match naming {
+        ClusterNaming::Host => config::default_sts_cluster(token_url),
+        ClusterNaming::Istio => {
+            let h = config::url_host(token_url)?;
+            Some(format!(
+                "outbound|{}||{}",
+                h.port.filter(|p| !p.is_empty()).unwrap_or(h.default_port),
+                h.host
+            ))
         }
-    };
-    if host.is_empty() {
-        return None;
     }
-    let host = host.to_ascii_lowercase();
-    Some(match naming {
-        ClusterNaming::Host => host,
-        ClusterNaming::Istio => format!(
-            "outbound|{}||{host}",
-            port.filter(|p| !p.is_empty()).unwrap_or(default_port)
-        ),
-    })
 }
 
 /// One backend → resource assignment and where it was made.
@@ -446,10 +474,7 @@ fn read_virtual_server(
         Ok(s) => s,
         Err(e) => {
             let field = spec_path(&e.path().to_string());
-            diags.push(Diagnostic::error(
-                origin,
-                format!("{field}: {}", e.into_inner()),
-            ));
+            diags.push(decode_diagnostic(origin, &field, &e.into_inner()));
             return;
         }
     };
@@ -796,7 +821,7 @@ pub fn convert(resources: &[Resource], opts: &Options) -> Result<Conversion, Vec
             }
         }
         for (name, (_, origin)) in &backends {
-            if path.starts_with(&format!("outgoingAuth.backends[{}]", quote(name))) {
+            if path.starts_with(&backend_path(name)) {
                 return format!("{origin} (backend {})", quote(name));
             }
         }
@@ -808,19 +833,21 @@ pub fn convert(resources: &[Resource], opts: &Options) -> Result<Conversion, Vec
         }
         String::new()
     };
-    match config::load(json.as_bytes(), &env) {
-        Ok(loaded) => diags.extend(
-            loaded
-                .warnings
+    let report_diags = |report: &Report, diags: &mut Vec<Diagnostic>| {
+        diags.extend(
+            report
                 .iter()
                 .map(|p| problem_diagnostic(p, owner(&p.path), upstreams.as_deref())),
-        ),
-        Err(problems) => {
-            diags.extend(
-                problems
-                    .iter()
-                    .map(|p| problem_diagnostic(p, owner(&p.path), upstreams.as_deref())),
-            );
+        );
+        if let Some(line) = report.omitted_line() {
+            // A note: the count of errors printed stays the count of error lines.
+            diags.push(Diagnostic::note("", line.text));
+        }
+    };
+    match config::load(json.as_bytes(), &env) {
+        Ok(loaded) => report_diags(&loaded.warnings, &mut diags),
+        Err(report) => {
+            report_diags(&report, &mut diags);
             return Err(diags);
         }
     }
@@ -853,6 +880,19 @@ pub fn convert(resources: &[Resource], opts: &Options) -> Result<Conversion, Vec
     })
 }
 
+/// `a,b,c` as `--upstreams` takes it, the first few only when there are many.
+fn upstreams_flag(upstreams: &[String]) -> String {
+    let shown: Vec<&str> = upstreams
+        .iter()
+        .take(MAX_LISTED_ITEMS)
+        .map(String::as_str)
+        .collect();
+    match upstreams.len() - shown.len() {
+        0 => shown.join(","),
+        more => format!("{},... and {} more", shown.join(","), thousands(more)),
+    }
+}
+
 /// A startup-validation problem, told as coming from the resource that caused it.
 fn problem_diagnostic(p: &Problem, owner: String, upstreams: Option<&[String]>) -> Diagnostic {
     let d = if p.rule.is_warning() {
@@ -868,7 +908,7 @@ fn problem_diagnostic(p: &Problem, owner: String, upstreams: Option<&[String]>) 
         ),
         Rule::V02 => d.with_hint(format!(
             "add the provider to --upstreams (now: {})",
-            upstreams.map(|u| u.join(",")).unwrap_or_default()
+            upstreams.map(upstreams_flag).unwrap_or_default()
         )),
         Rule::V06 => d.with_hint("set providerName to one of the upstream providers"),
         _ => d,

@@ -69,6 +69,26 @@ CASES: dict[str, tuple[dict | str, str, dict[str, str]]] = {
         "listener",
         sc.ENV,
     ),
+    "misspelt-provider-name-field": (
+        {
+            "authServer": AUTH,
+            "outgoingAuth": outgoing(
+                {"github-mcp": {"type": "upstream_inject", "upstreamInject": {"providerNme": "github"}}}
+            ),
+        },
+        "listener",
+        sc.ENV,
+    ),
+    "crd-spelling-of-the-type": (
+        {
+            "authServer": AUTH,
+            "outgoingAuth": outgoing(
+                {"github-mcp": {"type": "upstreamInject", "upstreamInject": {"providerName": "github"}}}
+            ),
+        },
+        "listener",
+        sc.ENV,
+    ),
     "invalid-json": ('{"outgoingAuth": {"backends": {', "listener", sc.ENV),
     "header-value-and-env-both-set": (
         {
@@ -198,6 +218,24 @@ def test_unknown_top_level_field_is_refused_naming_the_field(refused):
     outcome = refused["unknown-top-level-field"]
     check_refused(outcome, "[S-", "outgoingAuht")
     assert any("outgoingAuht" in line for line in rule_lines(outcome)), rule_lines(outcome)
+
+
+def test_a_misspelt_field_gets_a_suggestion_and_the_field_is_missing_not_empty(refused):
+    outcome = refused["misspelt-provider-name-field"]
+    check_refused(outcome, "[S-02]", "[V-06]")
+    lines = rule_lines(outcome)
+    assert any('unknown field "providerNme"; did you mean "providerName"?' in line for line in lines), lines
+    v06 = [line for line in lines if "[V-06]" in line]
+    assert v06 and "requires a providerName, and it is missing" in v06[0], v06
+    assert "non-empty" not in v06[0], v06
+    assert "one of authServer.upstreams: github" in v06[0], v06
+
+
+def test_the_crd_spelling_of_a_type_gets_the_filters_spelling_suggested(refused):
+    outcome = refused["crd-spelling-of-the-type"]
+    check_refused(outcome, "[S-05]")
+    lines = rule_lines(outcome)
+    assert any('unknown strategy type "upstreamInject"; did you mean "upstream_inject"?' in line for line in lines), lines
 
 
 def test_invalid_json_is_refused_s01(refused):
