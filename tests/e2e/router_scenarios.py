@@ -7,7 +7,7 @@ STS client id moved, plus what the tests add to it:
   what reaches an accepting instance by another path;
 * listener ``elsewhere``: an issuing instance with another ``vm_id`` (so another key) in front
   of the echo backend, which records the hand-off header it writes: a genuine hand-off of
-  "another Envoy", to replay.
+  "another Envoy", carrying ``ELSEWHERE_GITHUB_TOKEN`` (from set_metadata), to replay.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ USERS = {
     "gw-router-bob": {"corporate-idp": "corp-idp-router-bob"},  # never connected GitHub
 }
 BACKENDS = ["github", "corp", "internal", "bearer"]
+ELSEWHERE_GITHUB_TOKEN = "gho_sealed_by_another_envoy"
 BEARER_AUDIENCE = "https://bearer-mcp.example"
 
 
@@ -111,7 +112,11 @@ def config(wasm: Path, ports: dict[str, int], echo_port: int) -> dict:
     elsewhere["typed_config"]["config"]["vm_config"]["vm_id"] = "another_envoy"
     boot["static_resources"]["listeners"] += [
         h.http_listener("direct", direct_routes, []),
-        h.http_listener("elsewhere", [h.route("/", "echo")], [*hcm["http_filters"][:1], elsewhere]),
+        h.http_listener(
+            "elsewhere",
+            [h.route("/", "echo")],
+            [h.set_metadata_filter({"x-upstream-token-github": ELSEWHERE_GITHUB_TOKEN}), elsewhere],
+        ),
     ]
     clusters.append(h.cluster("echo", echo_port))
     return boot
