@@ -41,16 +41,49 @@ def compose() -> dict:
     return yaml.safe_load((ENVOY_DIR / "docker-compose.yaml").read_text())
 
 
-def http_filters(config: dict) -> dict[str, dict]:
-    (listener,) = config["static_resources"]["listeners"]
-    (chain,) = listener["filter_chains"]
-    (hcm,) = chain["filters"]
-    return {f["name"]: f["typed_config"] for f in hcm["typed_config"]["http_filters"]}
+def listener(config: dict, name: str = "mcp_gateway") -> dict:
+    (found,) = [entry for entry in config["static_resources"]["listeners"] if entry["name"] == name]
+    return found
 
 
-def filter_config(config: dict) -> dict:
-    wasm = http_filters(config)["envoy.filters.http.wasm"]["config"]
+def hcm(config: dict, name: str = "mcp_gateway") -> dict:
+    (chain,) = listener(config, name)["filter_chains"]
+    (manager,) = chain["filters"]
+    return manager["typed_config"]
+
+
+def http_filters(config: dict, name: str = "mcp_gateway") -> dict[str, dict]:
+    return {f["name"]: f["typed_config"] for f in hcm(config, name)["http_filters"]}
+
+
+def filter_config(config: dict, name: str = "mcp_gateway") -> dict:
+    wasm = http_filters(config, name)["envoy.filters.http.wasm"]["config"]
     return json.loads(wasm["configuration"]["value"])
+
+
+def cluster(config: dict, name: str) -> dict:
+    (found,) = [c for c in config["static_resources"]["clusters"] if c["name"] == name]
+    return found
+
+
+def cluster_filters(cluster: dict) -> list[dict]:
+    options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    return options["http_filters"]
+
+
+def accepting_config(cluster: dict) -> dict:
+    (wasm,) = [f for f in cluster_filters(cluster) if f["name"] == "envoy.filters.http.wasm"]
+    return json.loads(wasm["typed_config"]["config"]["configuration"]["value"])
+
+
+def wasm_entries(node: object) -> list[dict]:
+    """Every outgoing-auth filter entry in a config tree (listener or cluster)."""
+    if isinstance(node, dict):
+        own = [node] if node.get("name") == "envoy.filters.http.wasm" else []
+        return own + [e for value in node.values() for e in wasm_entries(value)]
+    if isinstance(node, list):
+        return [e for value in node for e in wasm_entries(value)]
+    return []
 
 
 def cluster_ports(config: dict) -> dict[str, int]:
@@ -67,17 +100,86 @@ def cluster_ports(config: dict) -> dict[str, int]:
 
 
 def test_envoy_yaml_routes_each_backend_to_its_cluster_on_its_port(envoy_yaml):
-    (listener,) = envoy_yaml["static_resources"]["listeners"]
-    assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": demo_py.PORTS["gateway"]}
+    gateway = listener(envoy_yaml)
+    assert gateway["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": demo_py.PORTS["gateway"]}
     assert envoy_yaml["admin"]["address"]["socket_address"]["port_value"] == demo_py.PORTS["admin"]
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    (vhost,) = hcm["route_config"]["virtual_hosts"]
-    routes = {r["match"]["prefix"]: r["route"]["cluster"] for r in vhost["routes"]}
+    (vhost,) = hcm(envoy_yaml)["route_config"]["virtual_hosts"]
+    *per_backend, aggregated = vhost["routes"]
+    routes = {r["match"]["prefix"]: r["route"]["cluster"] for r in per_backend}
     assert routes == {f"/{b}/": f"{b}-mcp" for b in ids.BACKENDS}
+    assert aggregated["match"] == {"path": "/mcp"} and aggregated["route"]["cluster"] == "mcp-aggregator"
     ports = cluster_ports(envoy_yaml)
     assert {f"{b}-mcp": ports[f"{b}-mcp"] for b in ids.BACKENDS} == {f"{b}-mcp": demo_py.PORTS[b] for b in ids.BACKENDS}
     assert ports["ext_authz"] == demo_py.PORTS["authz"]
     assert ports["sts"] == demo_py.PORTS["sts"]
+    # the per-backend routes' clusters carry no filter of their own: the listener's instance
+    # applied the strategy (an accepting instance there would find no hand-off and refuse)
+    for b in ids.BACKENDS:
+        assert "typed_extension_protocol_options" not in cluster(envoy_yaml, f"{b}-mcp"), b
+
+
+def test_envoy_yaml_forwards_the_aggregated_endpoint_to_its_listener_untouched(envoy_yaml):
+    (vhost,) = hcm(envoy_yaml)["route_config"]["virtual_hosts"]
+    route = vhost["routes"][-1]
+    assert route["route"] == {"cluster": "mcp-aggregator", "timeout": "0s"}  # no rewrite: /mcp there too
+    disabled = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
+    # every filter of the chain but the router is off on this route: ext_authz and outgoing-auth
+    # run on the aggregator's listener, once, and the client's Authorization reaches it as sent
+    assert route["typed_per_filter_config"] == {
+        name: disabled for name in http_filters(envoy_yaml) if name != "envoy.filters.http.router"
+    }
+    aggregator = listener(envoy_yaml, "mcp_aggregator")
+    address = {"address": "127.0.0.1", "port_value": demo_py.PORTS["aggregator"]}
+    assert aggregator["address"]["socket_address"] == address
+    assert cluster_ports(envoy_yaml)["mcp-aggregator"] == demo_py.PORTS["aggregator"]
+
+
+def test_envoy_yaml_aggregator_is_the_mcp_router_example_on_clusters_of_its_own(envoy_yaml):
+    """envoy/mcp-router.yaml's listener filters and accepting instance, the same but for the
+    clusters: the aggregator's are <backend>-mcp-aggregated, named github-mcp (...) by their
+    metadata, so that both paths to a backend share one backend name and one strategy."""
+    example = yaml.safe_load((ENVOY_DIR / "mcp-router.yaml").read_text())
+    (example_listener,) = example["static_resources"]["listeners"]
+    example_hcm = example_listener["filter_chains"][0]["filters"][0]["typed_config"]
+    ours = hcm(envoy_yaml, "mcp_aggregator")
+    aggregated = {f"{b}-mcp-aggregated": f"{b}-mcp" for b in ids.BACKENDS}
+
+    def as_in_the_example(filters: list[dict]) -> list[dict]:
+        text = json.dumps(filters)
+        for name, theirs in aggregated.items():
+            text = text.replace(f'"{name}"', f'"{theirs}"')
+        parsed = json.loads(text)
+        for entry in wasm_entries(parsed):  # compare configurations as JSON, not as text
+            value = entry["typed_config"]["config"]["configuration"]
+            value["value"] = json.loads(value["value"])
+            value["value"].pop("backendNameSources", None)  # the one difference, checked below
+        return parsed
+
+    assert as_in_the_example(ours["http_filters"]) == as_in_the_example(example_hcm["http_filters"])
+    assert [r["match"] for r in ours["route_config"]["virtual_hosts"][0]["routes"]] == [
+        r["match"] for r in example_hcm["route_config"]["virtual_hosts"][0]["routes"]
+    ]
+    servers = http_filters(envoy_yaml, "mcp_aggregator")["envoy.filters.http.mcp_router"]["servers"]
+    assert [(s["name"], s["mcp_cluster"]["cluster"]) for s in servers] == [
+        (b, f"{b}-mcp-aggregated") for b in ids.BACKENDS
+    ]
+
+    ports = cluster_ports(envoy_yaml)
+    for name, theirs in aggregated.items():
+        ours_cluster, their_cluster = cluster(envoy_yaml, name), cluster(example, theirs)
+        assert ours_cluster["metadata"] == {"filter_metadata": {"outgoing_auth": {"backend": theirs}}}
+        assert ports[name] == ports[theirs], f"{name} is not {theirs}'s server"
+        mine, example_accepting = accepting_config(ours_cluster), accepting_config(their_cluster)
+        assert mine.pop("backendNameSources") == ["clusterMetadata"]
+        assert example_accepting.pop("backendNameSources") == ["clusterName"]
+        assert mine == example_accepting, name
+        assert as_in_the_example(cluster_filters(ours_cluster)) == as_in_the_example(cluster_filters(their_cluster))
+    # and the strategies are the per-backend routes' own
+    accept = accepting_config(cluster(envoy_yaml, "github-mcp-aggregated"))
+    assert accept["outgoingAuth"]["backends"] == filter_config(envoy_yaml)["outgoingAuth"]["backends"]
+    assert accept["authServer"] == filter_config(envoy_yaml)["authServer"]
+    # one vm_id for all: the issuing and accepting instances share the hand-off's key
+    assert {e["typed_config"]["config"]["vm_config"]["vm_id"] for e in wasm_entries(envoy_yaml)} == {"outgoing_auth"}
 
 
 def test_envoy_yaml_bounds_what_envoy_buffers_of_an_sts_answer(envoy_yaml):
@@ -127,14 +229,26 @@ def test_render_fills_in_the_wasm_the_client_id_and_moved_ports(envoy_yaml):
     text = demo_py.render(demo_py.ENVOY_YAML.read_text(), Path("/x/oa.wasm"), ports, "agnt_test-id")
 
     got = yaml.safe_load(text)
-    vm = http_filters(got)["envoy.filters.http.wasm"]["config"]["vm_config"]
-    assert vm["code"]["local"]["filename"] == "/x/oa.wasm"
-    exchange = filter_config(got)["outgoingAuth"]["backends"]["corp-mcp"]["tokenExchange"]
-    assert exchange["clientId"] == "agnt_test-id"
-    assert exchange["tokenUrl"] == f"http://127.0.0.1:{ports['sts']}/token"
+    entries = wasm_entries(got)
+    assert len(entries) == 5  # the gateway's, the aggregator's issuing one, three clusters' accepting ones
+    for entry in entries:
+        assert entry["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] == "/x/oa.wasm"
+    for config in (filter_config(got), accepting_config(cluster(got, "corp-mcp-aggregated"))):
+        exchange = config["outgoingAuth"]["backends"]["corp-mcp"]["tokenExchange"]
+        assert exchange["clientId"] == "agnt_test-id"
+        assert exchange["tokenUrl"] == f"http://127.0.0.1:{ports['sts']}/token"
     assert cluster_ports(got) == {
-        "ext_authz": ports["authz"], "sts": ports["sts"], **{f"{b}-mcp": ports[b] for b in ids.BACKENDS}
+        "ext_authz": ports["authz"],
+        "sts": ports["sts"],
+        **{f"{b}-mcp": ports[b] for b in ids.BACKENDS},
+        "mcp-aggregator": ports["aggregator"],
+        **{f"{b}-mcp-aggregated": ports[b] for b in ids.BACKENDS},
     }
+    assert listener(got, "mcp_aggregator")["address"]["socket_address"]["port_value"] == ports["aggregator"]
+    aggregator_filters = http_filters(got, "mcp_aggregator")
+    assert urlsplit(aggregator_filters["envoy.filters.http.ext_authz"]["http_service"]["server_uri"]["uri"]).port == (
+        ports["authz"]
+    )
     assert got["admin"]["address"]["socket_address"]["port_value"] == ports["admin"]
     for old in demo_py.PORTS.values():
         assert str(old) not in text
