@@ -430,6 +430,33 @@ def test_the_readme_start_output_is_what_the_demo_prints(demo):
     assert sum(loaded in line for line in expected) == sum(loaded in line for line in actual)
 
 
+def readme_client_runs() -> list[tuple[list[str], list[str]]]:
+    """Every ``envoy/mcp_client.py`` command of the README's walkthrough and the output shown."""
+    readme = (REPO / "README.md").read_text()
+    walkthrough = readme.split("### 1. Start it", 1)[1].split("### The files", 1)[0]
+    runs: list[tuple[list[str], list[str]]] = []
+    for block in re.findall(r"```console\n(.*?)\n```", walkthrough, re.S):
+        for command in re.split(r"^(?=\$ )", block, flags=re.M):
+            first, *shown = command.rstrip("\n").split("\n")
+            if first.startswith("$ .venv/bin/python envoy/mcp_client.py"):
+                runs.append((first.split()[3:], [line for line in shown if line]))
+    return runs
+
+
+def test_the_readme_client_outputs_are_what_the_client_prints(demo):
+    runs = readme_client_runs()
+    assert sum("--aggregated" in args for args, _ in runs) == 2, "the walkthrough lost its mcp_router step"
+    gateway = f"http://127.0.0.1:{demo.ports['gateway']}"
+    for args, shown in runs:
+        done = subprocess.run(
+            [sys.executable, str(ENVOY_DIR / "mcp_client.py"), "--gateway", gateway, *args],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )
+        printed = [as_in_the_readme(line, demo) for line in (done.stdout + done.stderr).splitlines() if line]
+        expected = [as_in_the_readme(line, demo) for line in shown]
+        assert printed == expected, f"mcp_client.py {' '.join(args)}"
+
+
 # -- troubleshooting: the misconfigurations the README lists, and the log line each produces -----------
 #
 # Each case runs a second Envoy on the demo's own config (.run/envoy.yaml as demo.py rendered it,
