@@ -470,7 +470,11 @@ def with_mistake(demo: DemoProcess, old: str, new: str) -> dict:
     # the same mistake in every copy of the filter's configuration that has the line (the
     # gateway's instance, the aggregator's): they share one VM, so one copy alone may not show it
     assert text.count(old) >= 1, f"{old!r} is not in the demo's envoy.yaml"
-    config = yaml.safe_load(text.replace(old, new))
+    return on_port_zero(yaml.safe_load(text.replace(old, new)))
+
+
+def on_port_zero(config: dict) -> dict:
+    """A config of the demo's for a second Envoy next to it: admin and listeners on port 0."""
     config["admin"]["address"]["socket_address"]["port_value"] = 0
     for listener in config["static_resources"]["listeners"]:
         listener["address"]["socket_address"]["port_value"] = 0
@@ -559,6 +563,31 @@ def test_troubleshooting_runtime_mistakes_answer_the_client_and_log_the_document
         while f"outgoing-auth: {line}\n" not in envoy.log_text():
             assert time.monotonic() < deadline, envoy.log_tail()
             time.sleep(0.05)
+
+
+# -- why the aggregator has clusters of its own -----------------------------------------------------------
+
+
+def test_the_per_backend_routes_on_the_aggregators_clusters_would_lose_their_credential(demo, envoy_bin, tmp_path):
+    """envoy.yaml's design note, measured: an accepting instance takes the user's tokens from the
+    hand-off only, and the per-backend routes' requests (credential already set by the
+    listener's instance) carry none; github is refused, internal (no upstream token) still works."""
+    config = on_port_zero(yaml.safe_load((demo.run_dir / "envoy.yaml").read_text()))
+    (gateway,) = [entry for entry in config["static_resources"]["listeners"] if entry["name"] == "mcp_gateway"]
+    routes = gateway["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    for route in routes:
+        if route["route"]["cluster"].endswith("-mcp"):
+            route["route"]["cluster"] += "-aggregated"
+    with h.Envoy("shared-clusters", config, tmp_path, envoy_bin, env=TROUBLE_ENV, concurrency=1) as envoy:
+        with h.CounterDelta(envoy, ["handoff.missing", "upstream_inject.injected"]) as d:
+            github = visit_port(envoy.port("mcp_gateway"), "github", "demo-alice")
+        internal = visit_port(envoy.port("mcp_gateway"), "internal", "demo-alice")
+
+    assert github.refusal is not None and github.refusal.status == 401, github
+    moved = d.delta()
+    assert moved["upstream_inject.injected"] >= 1, moved  # the listener's instance injected it ...
+    assert moved["handoff.missing"] >= 1, moved  # ... and the cluster's found no hand-off
+    assert internal.ok, internal
 
 
 # -- stopping: keep this last ----------------------------------------------------------------------------
