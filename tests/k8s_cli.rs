@@ -1889,10 +1889,13 @@ fn validate_on_an_envoy_config_says_where_the_filter_config_is() {
         note.contains("configuration.value of the envoy.filters.http.wasm filter"),
         "{note}"
     );
+    // The first three of the demo's five instances, in the order of the keys: the accepting
+    // instances of the aggregated endpoint's clusters come before the listeners' ones.
     assert!(
         note.contains(
-            "this file has it at static_resources.listeners[0].filter_chains[0].filters[0]\
-             .typed_config.http_filters[1].typed_config.config.configuration.value"
+            "this file has it at static_resources.clusters[6].typed_extension_protocol_options\
+             .envoy.extensions.upstreams.http.v3.HttpProtocolOptions.http_filters[0]\
+             .typed_config.config.configuration.value, "
         ),
         "{note}"
     );
