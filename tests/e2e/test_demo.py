@@ -457,6 +457,28 @@ def test_the_readme_client_outputs_are_what_the_client_prints(demo):
         assert printed == expected, f"mcp_client.py {' '.join(args)}"
 
 
+def as_logged(line: str, demo: DemoProcess) -> str:
+    """as_in_the_readme, and the values a log line has that differ between sessions."""
+    line = as_in_the_readme(line, demo)
+    line = re.sub(r"session ID: [0-9a-f]+", "session ID: X", line)
+    return re.sub(r"127\.0\.0\.1:\d+ - ", "127.0.0.1:P - ", line)
+
+
+def test_the_readme_walkthrough_log_lines_are_what_the_demo_logs(demo):
+    readme = (REPO / "README.md").read_text()
+    walkthrough = readme.split("### 2. Alice", 1)[1].split("### 7. Stop it", 1)[0]
+    shown, fence = [], None  # the lines of the plain (not console) blocks
+    for line in walkthrough.splitlines():
+        if line.startswith("```"):
+            fence = None if fence is not None else line[3:]
+        elif fence == "" and re.match(r"\[(envoy|authz|github|corp|internal)\] ", line):
+            shown.append(line)
+    assert any("aggregator: " in line for line in shown), "the walkthrough lost the aggregator's log"
+    logged = {as_logged(line, demo) for line in demo.output().splitlines()}
+    missing = [line for line in shown if as_logged(line, demo) not in logged]
+    assert not missing, "README log lines the demo did not log:\n" + "\n".join(missing)
+
+
 # -- troubleshooting: the misconfigurations the README lists, and the log line each produces -----------
 #
 # Each case runs a second Envoy on the demo's own config (.run/envoy.yaml as demo.py rendered it,
