@@ -10,6 +10,7 @@ pub mod error;
 pub mod exchange;
 pub mod flights;
 pub mod http;
+pub mod mcp;
 pub mod metadata;
 pub mod stats;
 pub mod strategy;
