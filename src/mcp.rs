@@ -136,7 +136,7 @@ impl ProtocolVersion {
         (ProtocolVersion::V2026_07_28, "2026-07-28"),
     ];
 
-    /// The revision of the header's value (`None`: no header). Surrounding spaces and tabs are
+    /// The revision of the header's value (`None`: no header). Surrounding ASCII whitespace is
     /// ignored; anything else must be exactly a revision name.
     pub fn from_header(value: Option<&[u8]>) -> ProtocolVersion {
         let Some(value) = value else {
