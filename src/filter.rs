@@ -15,11 +15,13 @@ use proxy_wasm::types::{Action, BufferType, ContextType};
 use crate::cache::{self, CacheKey, CacheSettings};
 use crate::config::{self, HandoffConfig, HandoffMode};
 use crate::error::AuthError;
+use crate::error::LocalReply;
 use crate::exchange::{self, ExchangeFailure, Issued, StsRequest};
 use crate::flights::{Departure, Flights};
 use crate::handoff::{self, Handoff, HandoffProblem, Key};
 use crate::host;
 use crate::http;
+use crate::mcp;
 use crate::metadata;
 use crate::stats::Counter;
 use crate::strategy::{Decision, Edit, ExchangePlan, Plan, Plans, RequestView, UpstreamRef};
@@ -105,6 +107,36 @@ impl HandoffRuntime {
     }
 }
 
+/// Where Envoy's `envoy.filters.http.mcp` filter leaves the JSON-RPC request it parsed.
+const MCP_METHOD_PATH: &[u8] = b"metadata\0filter_metadata\0envoy.filters.http.mcp\0method";
+const MCP_ID_PATH: &[u8] = b"metadata\0filter_metadata\0envoy.filters.http.mcp\0id";
+const MCP_TOOL_PATH: &[u8] = b"metadata\0filter_metadata\0envoy.filters.http.mcp\0params\0name";
+
+/// The client's MCP request as the mcp filter (before this one) parsed it, if it did.
+fn mcp_request_from_metadata() -> Option<Vec<u8>> {
+    let read = |path: &[u8]| host::get_property(path).ok().flatten();
+    let method = read(MCP_METHOD_PATH)?;
+    let method = std::str::from_utf8(&method).ok()?;
+    let id = read(MCP_ID_PATH)?;
+    // A Struct number arrives as its 8 f64 bytes: only the typed metadata tells it from a string.
+    let kind = if id.len() == 8 {
+        read(metadata::TYPED_METADATA_PATH)
+            .and_then(|typed| metadata::value_kind_at(&typed, MCP_ID_PATH))
+    } else {
+        Some(metadata::ValueKind::String)
+    };
+    let id = match kind? {
+        metadata::ValueKind::String => mcp::MetadataId::String(std::str::from_utf8(&id).ok()?),
+        metadata::ValueKind::Number => {
+            mcp::MetadataId::Number(f64::from_le_bytes(id.as_slice().try_into().ok()?))
+        }
+        _ => return None,
+    };
+    let tool = read(MCP_TOOL_PATH);
+    let tool = tool.as_deref().and_then(|t| std::str::from_utf8(t).ok());
+    mcp::request_from_metadata(method, id, tool)
+}
+
 /// The key the instances of this `vm_id` share: made at random by the first that needs it.
 fn shared_handoff_key() -> Result<Key, String> {
     let stored = || {
@@ -172,9 +204,17 @@ impl Runtime {
         }
         let backend = backend_name(self.plans.backend_name_paths());
         let plan = self.plans.for_backend(backend.as_deref());
+        // The MCP request behind mcp_router, from the hand-off (for an answer in MCP).
+        let mut mcp_request = None;
         let result = self.start_from_client_request(plan).and_then(|record| {
             // Accepting: the tokens come from the hand-off; otherwise from dynamic metadata.
             let handoff = self.accepted_handoff(plan, &record, backend.as_deref());
+            if let Some(Some(h)) = &handoff {
+                mcp_request = h
+                    .mcp_request
+                    .clone()
+                    .map(|r| (r, h.mcp_protocol_version.clone()));
+            }
             let token: Result<Option<Cow<'_, [u8]>>, ()> = match (&handoff, plan.upstream()) {
                 (_, None) => Ok(None),
                 (Some(h), Some(upstream)) => Ok(h
@@ -215,10 +255,42 @@ impl Runtime {
             }
         });
         result.unwrap_or_else(|err| {
-            self.log_rejection(&err, plan, backend.as_deref());
+            self.log_rejection(&err, plan.type_name(), backend.as_deref());
             self.count(plan.rejection_counter(&err));
-            reply(&err)
+            match mcp_request {
+                Some((request, version)) => self.reject_in_mcp(&err, &request, version.as_deref()),
+                None => reply(&err),
+            }
         })
+    }
+
+    /// Behind mcp_router (which turns a backend's 401 into a generic 500 but relays a 200): a
+    /// `tools/call` whose upstream token is missing gets a tool result with `isError` naming the
+    /// provider to connect, every other request the error's own reply (see [`mcp::decide`]).
+    fn reject_in_mcp(&self, err: &AuthError, request: &[u8], version: Option<&[u8]>) -> Action {
+        let AuthError::UpstreamTokenNotFound { provider, .. } = err else {
+            return reply(err);
+        };
+        let message =
+            mcp::connect_message(mcp::DEFAULT_MESSAGE_TEMPLATE, provider).unwrap_or_default();
+        let offer = mcp::Offer {
+            provider,
+            message: &message,
+            tool_error: true,
+            elicitation: None,
+        };
+        let version = mcp::ProtocolVersion::from_header(version);
+        match mcp::decide(&mcp::classify(request), version, &offer).reply(&offer) {
+            Ok(answer) => {
+                self.count(Counter::McpToolError);
+                debug!("outgoing-auth: the tools/call is answered with a tool error naming {provider:?}");
+                send(&answer)
+            }
+            Err(why) => {
+                debug!("outgoing-auth: no answer in MCP ({}): 401", why.as_str());
+                reply(err)
+            }
+        }
     }
 
     /// Makes this run start from the client's original request, however often Envoy ran the
@@ -330,10 +402,14 @@ impl Runtime {
                     .push((upstream.provider.clone(), token.to_owned()));
             }
         }
-        if issuer.mode
-            == (HandoffMode::Issue {
-                client_bearer: true,
-            })
+        handoff.mcp_request = mcp_request_from_metadata();
+        handoff.mcp_protocol_version = host::request_header(mcp::PROTOCOL_VERSION_HEADER)
+            .ok()
+            .flatten()
+            .filter(|v| v.len() <= 64);
+        if let HandoffMode::Issue {
+            client_bearer: true,
+        } = issuer.mode
         {
             handoff.client_authorization = host::request_header("authorization")
                 .map_err(|_| host_error("read the client's Authorization header"))?;
@@ -529,9 +605,8 @@ impl Runtime {
         }
     }
 
-    fn log_rejection(&self, err: &AuthError, plan: &Plan, backend: Option<&[u8]>) {
+    fn log_rejection(&self, err: &AuthError, kind: &str, backend: Option<&[u8]>) {
         let backend = backend_label(backend);
-        let kind = plan.type_name();
         match err {
             AuthError::UpstreamTokenNotFound { problem, .. } => {
                 let tokens = &self.plans.tokens;
@@ -869,7 +944,11 @@ fn host_error(operation: &'static str) -> AuthError {
 
 /// Sends the error's local reply and stops the request.
 fn reply(err: &AuthError) -> Action {
-    let r = err.reply();
+    send(&err.reply())
+}
+
+/// Sends a local reply and stops the request.
+fn send(r: &LocalReply) -> Action {
     let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     if let Err(status) = host::send_local_reply(r.status, &headers, &r.body) {
         error!(

@@ -384,6 +384,45 @@ fn classify_envelope(envelope: Envelope) -> Body {
     })
 }
 
+/// A JSON-RPC id as Envoy's `envoy.filters.http.mcp` filter leaves it in dynamic metadata: a
+/// string, or a number (a protobuf `Struct` holds numbers as `f64`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MetadataId<'a> {
+    String(&'a str),
+    Number(f64),
+}
+
+/// The request that `envoy.filters.http.mcp` parsed into dynamic metadata, as the body of one
+/// JSON-RPC request for [`classify`]. proxy-wasm in Envoy cannot hold a request's headers while
+/// it reads the body (a filter that stops at the headers gets no body), so where the body decides
+/// the answer the filter reads what the mcp filter found instead. `None` for what is no request:
+/// no method, or an id that is not a string or a whole number a `f64` holds exactly.
+pub fn request_from_metadata(
+    method: &str,
+    id: MetadataId<'_>,
+    tool: Option<&str>,
+) -> Option<Vec<u8>> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    let id = match id {
+        MetadataId::String(s) => Value::String(s.to_owned()),
+        MetadataId::Number(n) if n.fract() == 0.0 && n.abs() < EXACT => Value::from(n as i64),
+        MetadataId::Number(_) => return None,
+    };
+    if method.is_empty() {
+        return None;
+    }
+    let mut request = Map::new();
+    request.insert("jsonrpc".into(), Value::from("2.0"));
+    request.insert("id".into(), id);
+    request.insert("method".into(), Value::from(method));
+    if let Some(tool) = tool {
+        let mut params = Map::new();
+        params.insert("name".into(), Value::from(tool));
+        request.insert("params".into(), Value::Object(params));
+    }
+    serde_json::to_vec(&Value::Object(request)).ok()
+}
+
 /// Why a request gets today's 401 instead of an MCP answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unanswerable {
@@ -875,6 +914,46 @@ pub fn elicitation_id_problem(id: &str) -> Option<&'static str> {
         return Some("must be visible ASCII characters");
     }
     None
+}
+
+#[cfg(test)]
+mod metadata_tests {
+    use super::*;
+
+    #[test]
+    fn a_request_from_the_mcp_filters_metadata_classifies_like_its_body() {
+        let body =
+            request_from_metadata("tools/call", MetadataId::Number(7.0), Some("whoami")).unwrap();
+        match classify(&body) {
+            Body::Request(r) => {
+                assert_eq!(r.id.as_json(), "7");
+                assert_eq!(r.method, Method::ToolsCall);
+                assert_eq!(r.tool.as_deref(), Some("whoami"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let body = request_from_metadata("initialize", MetadataId::String("a\"b"), None).unwrap();
+        match classify(&body) {
+            Body::Request(r) => assert_eq!(r.id.as_json(), r#""a\"b""#),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ids_a_float_cannot_hold_exactly_are_no_request() {
+        for n in [1.5, f64::NAN, f64::INFINITY, 1e300, 9_007_199_254_740_993.0] {
+            assert_eq!(
+                request_from_metadata("tools/call", MetadataId::Number(n), None),
+                None,
+                "{n}"
+            );
+        }
+        assert_eq!(
+            request_from_metadata("", MetadataId::Number(1.0), None),
+            None
+        );
+        assert!(request_from_metadata("x", MetadataId::Number(-3.0), None).is_some());
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,10 @@ pub enum Counter {
     HandoffRejected,
     /// handoff accept: the backend's strategy needed a hand-off and none came.
     HandoffMissing,
+    /// A `tools/call` whose backend credential is missing was answered with a tool result with
+    /// `isError: true` naming the provider (HTTP 200, which Envoy's mcp_router relays) instead
+    /// of a 401.
+    McpToolError,
     /// Envoy ran the filter again on a request it had already run on (a retry attempt of a
     /// cluster filter, an internal redirect); the run started from the client's original request.
     Rerun,
@@ -57,7 +61,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 24] = [
+    pub const ALL: [Counter; 25] = [
         Counter::UpstreamInjected,
         Counter::UpstreamTokenMissing,
         Counter::HeaderInjected,
@@ -79,6 +83,7 @@ impl Counter {
         Counter::HandoffAccepted,
         Counter::HandoffRejected,
         Counter::HandoffMissing,
+        Counter::McpToolError,
         Counter::Rerun,
         Counter::HostError,
         Counter::ConfigRejected,
@@ -107,6 +112,7 @@ impl Counter {
             Counter::HandoffAccepted => "outgoing_auth.handoff.accepted",
             Counter::HandoffRejected => "outgoing_auth.handoff.rejected",
             Counter::HandoffMissing => "outgoing_auth.handoff.missing",
+            Counter::McpToolError => "outgoing_auth.mcp.tool_error",
             Counter::Rerun => "outgoing_auth.rerun",
             Counter::HostError => "outgoing_auth.host_error",
             Counter::ConfigRejected => "outgoing_auth.config.rejected",
