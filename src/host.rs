@@ -225,6 +225,11 @@ pub fn call_response_body(size: usize) -> Result<Vec<u8>, Status> {
     buffer(BufferType::HttpCallResponseBody, size)
 }
 
+/// The request body buffered so far, inside `on_http_request_body` only.
+pub fn request_body(size: usize) -> Result<Vec<u8>, Status> {
+    buffer(BufferType::HttpRequestBody, size)
+}
+
 fn buffer(kind: BufferType, size: usize) -> Result<Vec<u8>, Status> {
     let mut data: *mut u8 = null_mut();
     let mut len: usize = 0;
