@@ -2723,12 +2723,12 @@ fn mcp_router_entries_slot_into_envoy_mcp_router_yaml() {
         names,
         [
             "envoy.filters.http.ext_authz",
-            "envoy.filters.http.wasm",
             "envoy.filters.http.mcp",
+            "envoy.filters.http.wasm",
             "envoy.filters.http.mcp_router"
         ]
     );
-    let file_issuing = &filters[1];
+    let file_issuing = &filters[2];
     let cluster = resources["clusters"]
         .as_array()
         .unwrap()

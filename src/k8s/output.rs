@@ -320,7 +320,7 @@ fn mcp_router_yaml(
     let header_value = crate::handoff::DEFAULT_HEADER;
     let issuing_comment = comment_block(&[
         "1. The issuing instance: in the listener's http_filters, after the auth filter".to_owned(),
-        "   (ext_authz, ...) and before envoy.filters.http.mcp and envoy.filters.http.mcp_router."
+        "   (ext_authz, ...) and envoy.filters.http.mcp, before envoy.filters.http.mcp_router."
             .to_owned(),
         format!(
             "   It seals {} into the {header_value} header.",
