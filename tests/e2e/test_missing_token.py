@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
+import httpx2
 import pytest
 
 import harness as h
@@ -244,41 +245,96 @@ def aggregate(envoy: h.Envoy) -> str:
     return f"http://{h.LOOPBACK}:{envoy.port('mcp_aggregate')}/mcp"
 
 
-def test_behind_mcp_router_the_2025_11_25_client_raises_url_elicitation_required(connect_router):
+def test_behind_mcp_router_the_tool_error_carries_the_connect_url(connect_router):
+    # mcp_router 1.40 negotiates 2025-06-18 with the client, a revision without URL elicitation
+    # (and answers a 2026-07-28 client with an error of its own): the answer is the tool error,
+    # whose text carries the connect URL.
     envoy, servers = connect_router
     before = len(servers["github"].all_requests())
 
     async def main():
         http = create_mcp_http_client(headers={"Authorization": "Bearer gw-router-bob"})
         async with http, Client(streamable_http_client(aggregate(envoy), http_client=http), mode="legacy") as client:
-            assert client.protocol_version == "2025-11-25"
-            with pytest.raises(MCPError) as raised:
-                await client.call_tool("github__whoami", {})
+            assert client.protocol_version == "2025-06-18"
+            github = await client.call_tool("github__whoami", {})
             corp = await client.call_tool("corp__whoami", {})
-            return raised.value, corp
+            return github, corp
 
-    err, corp = asyncio.run(main())
-    assert err.code == -32042
-    [elicitation] = UrlElicitationRequiredError.from_error(err.error).elicitations
-    assert CONNECT_RE.match(elicitation.url) and elicitation.message == SHOWN
+    github, corp = asyncio.run(main())
+    assert github.is_error is True
+    text = github.content[0].text
+    assert text.startswith(SHOWN + " ") and CONNECT_RE.match(text.removeprefix(SHOWN + " ")), text
     assert not corp.is_error, "the other backends keep working"
     assert len(servers["github"].all_requests()) == before, "the github backend was called"
 
 
-def test_behind_mcp_router_a_2026_07_28_client_gets_the_tool_error(connect_router):
-    # The hand-off carries the request as envoy.filters.http.mcp parsed it, without the
-    # capabilities a 2026-07-28 request declares in params._meta: an input-required result must
-    # not go to a client that did not declare URL elicitation, so the tool error it is.
-    envoy, servers = connect_router
+# --------------------------------------------------------------------------------------------
+# The SDK client at both revisions against the listener placement. Every request to a backend
+# whose token is missing gets an answer from the filter, initialize included (the 401), so a
+# stand-in answers the handshake and passes every other request to the real Envoy.
+
+
+class Handshake:
+    def __init__(self, envoy: h.Envoy, version: str) -> None:
+        self.url = f"http://{h.LOOPBACK}:{envoy.port('read-body')}/mcp"
+        self.version = version
+        self.forwarded: list[int] = []
+
+    def handle(self, request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content) if request.content else {}
+        if request.method != "POST" or "id" not in body:
+            return httpx2.Response(202)
+        if body.get("method") == "initialize":
+            result = {"protocolVersion": self.version, "capabilities": {"tools": {}}, "serverInfo": {"name": "gw", "version": "1"}}
+            return httpx2.Response(200, json={"jsonrpc": "2.0", "id": body["id"], "result": result})
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept", "mcp-protocol-version")}
+        with httpx2.Client() as real:
+            answer = real.post(self.url, content=request.content, headers=headers)
+        self.forwarded.append(answer.status_code)
+        return httpx2.Response(answer.status_code, headers=dict(answer.headers), content=answer.content)
+
+    def transport(self):
+        http = httpx2.AsyncClient(transport=httpx2.MockTransport(self.handle))
+        return streamable_http_client("https://gateway.example/mcp", http_client=http)
+
+
+def test_the_sdk_client_at_2025_11_25_raises_url_elicitation_required_with_the_connect_url(missing, backend):
+    gateway = Handshake(missing, "2025-11-25")
 
     async def main():
-        http = create_mcp_http_client(headers={"Authorization": "Bearer gw-router-bob"})
-        async with http, Client(streamable_http_client(aggregate(envoy), http_client=http), mode="2026-07-28") as client:
-            return await client.call_tool("github__whoami", {})
+        async with Client(gateway.transport(), mode="legacy") as client:
+            with pytest.raises(MCPError) as raised:
+                await client.call_tool("search_repos", {"q": "x"})
+            return raised.value
 
-    result = asyncio.run(main())
-    assert result.is_error is True
-    assert result.content[0].text == SHOWN
+    err = asyncio.run(main())
+    assert err.code == -32042 and gateway.forwarded == [200]
+    [elicitation] = UrlElicitationRequiredError.from_error(err.error).elicitations
+    assert CONNECT_RE.match(elicitation.url) and elicitation.message == SHOWN
+    assert CONNECT_RE.match(elicitation.url).group(1) == elicitation.elicitation_id
+
+
+def test_the_sdk_client_at_2026_07_28_is_asked_to_open_the_connect_url(missing, backend):
+    gateway = Handshake(missing, "2026-07-28")
+    elicited: list[Any] = []
+
+    async def elicit(context, params):
+        elicited.append(params)
+        return mcp_types.ElicitResult(action="decline")
+
+    async def main():
+        async with Client(gateway.transport(), mode="2026-07-28", elicitation_callback=elicit) as client:
+            try:
+                return await client.call_tool("search_repos", {"q": "x"})
+            except Exception as e:  # the token is still missing on the retries: the SDK gives up
+                return e
+
+    asyncio.run(main())
+    assert elicited, f"the client was never asked to open the connect URL ({gateway.forwarded})"
+    assert gateway.forwarded[0] == 200
+    params = elicited[0]
+    assert isinstance(params, mcp_types.ElicitRequestURLParams)
+    assert CONNECT_RE.match(params.url) and params.message == SHOWN
 
 
 def test_no_answer_trapped_the_vm(missing, connect_router):
