@@ -29,13 +29,6 @@ def servers() -> Iterator[dict[str, mb.RecordingMcpServer]]:
 
 
 @pytest.fixture(scope="module")
-def router_authz() -> Iterator[h.ExtAuthzService]:
-    service = h.ExtAuthzService(rs.USERS).start()
-    yield service
-    service.stop()
-
-
-@pytest.fixture(scope="module")
 def router(envoy_bin: Path, wasm_path: Path, workdir: Path, servers, router_authz, sts, backend) -> Iterator[h.Envoy]:
     ports = {name: s.port for name, s in servers.items()}
     ports.update(authz=router_authz.port, sts=sts.port)

@@ -234,13 +234,6 @@ def connect_router(envoy_bin, wasm_path, workdir, router_authz, sts, backend) ->
             server.stop()
 
 
-@pytest.fixture(scope="module")
-def router_authz() -> Iterator[h.ExtAuthzService]:
-    service = h.ExtAuthzService(rs.USERS).start()
-    yield service
-    service.stop()
-
-
 def aggregate(envoy: h.Envoy) -> str:
     return f"http://{h.LOOPBACK}:{envoy.port('mcp_aggregate')}/mcp"
 
