@@ -74,15 +74,12 @@
 //!
 //! # Limits
 //!
-//! Bodies over [`MAX_BODY_BYTES`] are not read. Parsing is `serde_json` (recursion limit 128, so
-//! no stack exhaustion; linear in the body), at most twice per body.
+//! Bodies over [`MAX_BODY_BYTES`] are not read. A body is checked to be JSON, as `serde_json` reads
+//! it, by a scanner here that skips values without recursion (so no stack exhaustion; linear in
+//! the body); the few members looked at are then parsed with `serde_json` (recursion limit 128).
 
-use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::IgnoredAny;
-use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::LocalReply;
@@ -161,12 +158,12 @@ impl ProtocolVersion {
 /// A JSON-RPC request id, exactly as the client sent it: an integer of any size or a string with
 /// its escapes as written. Never `null`, a fraction, an exponent, a boolean, an object or an array.
 #[derive(Clone)]
-pub struct RequestId(Box<RawValue>);
+pub struct RequestId(Box<str>);
 
 impl RequestId {
     /// The id's JSON text, byte for byte as in the request.
     pub fn as_json(&self) -> &str {
-        self.0.get()
+        &self.0
     }
 
     /// Whether the id is a string (else an integer).
@@ -174,11 +171,11 @@ impl RequestId {
         self.as_json().starts_with('"')
     }
 
-    fn from_raw(raw: Box<RawValue>) -> Option<RequestId> {
-        let text = raw.get();
+    /// The id whose JSON text (a whole JSON value) is `text`, if it is an integer or a string.
+    fn from_json(text: &str) -> Option<RequestId> {
         let digits = text.strip_prefix('-').unwrap_or(text);
         let integer = !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit());
-        (integer || text.starts_with('"')).then_some(RequestId(raw))
+        (integer || text.starts_with('"')).then(|| RequestId(text.into()))
     }
 }
 
@@ -269,35 +266,253 @@ pub enum Body {
     TooLarge,
 }
 
-/// A member that is present, even when its value is `null` (plain `Option` reads `null` as absent).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
-    Box::<RawValue>::deserialize(d).map(Some)
+/// A JSON text being read, at the position of its next byte. Only what [`classify`] needs:
+/// skipping values exactly as serde_json does (without its recursion limit, like its
+/// `IgnoredAny`), and the members of an object.
+struct Scan<'a> {
+    bytes: &'a [u8],
+    pos: usize,
 }
 
-/// The members of a JSON-RPC message we look at; the others are ignored. A repeated member is an
-/// error (serde's derive refuses duplicate fields), so one body cannot mean two things.
-#[derive(Deserialize)]
-struct Envelope {
-    #[serde(default, deserialize_with = "present")]
-    jsonrpc: Option<Box<RawValue>>,
-    #[serde(default, deserialize_with = "present")]
-    id: Option<Box<RawValue>>,
-    #[serde(default, deserialize_with = "present")]
-    method: Option<Box<RawValue>>,
-    #[serde(default)]
-    params: Option<Params>,
-    #[serde(default, deserialize_with = "present")]
-    result: Option<Box<RawValue>>,
-    #[serde(default, deserialize_with = "present")]
-    error: Option<Box<RawValue>>,
+impl Scan<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    /// Skips JSON whitespace; the next byte.
+    fn ws(&mut self) -> Option<u8> {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+        self.peek()
+    }
+
+    /// Skips whitespace, then `c` if it is next.
+    fn eat(&mut self, c: u8) -> bool {
+        let next = self.ws() == Some(c);
+        self.pos += usize::from(next);
+        next
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.pos;
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.pos += 1;
+        }
+        self.pos - start
+    }
+
+    /// A string, from its opening quote: valid escapes (`\u` with four hex digits, surrogates
+    /// unchecked) and no control character, as serde_json skips one.
+    fn string(&mut self) -> Option<()> {
+        self.pos += 1;
+        loop {
+            let c = self.peek()?;
+            self.pos += 1;
+            match c {
+                b'"' => return Some(()),
+                b'\\' => {
+                    let escape = self.peek()?;
+                    self.pos += 1;
+                    match escape {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                        b'u' => {
+                            let hex = self.bytes.get(self.pos..self.pos + 4)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return None;
+                            }
+                            self.pos += 4;
+                        }
+                        _ => return None,
+                    }
+                }
+                0..=0x1f => return None,
+                _ => {}
+            }
+        }
+    }
+
+    fn number(&mut self) -> Option<()> {
+        self.pos += usize::from(self.peek() == Some(b'-'));
+        let start = self.pos;
+        let n = self.digits();
+        if n == 0 || (n > 1 && self.bytes.get(start) == Some(&b'0')) {
+            return None;
+        }
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        Some(())
+    }
+
+    fn word(&mut self, word: &[u8]) -> Option<()> {
+        let next = self.bytes.get(self.pos..)?.starts_with(word);
+        self.pos += word.len();
+        next.then_some(())
+    }
+
+    /// An object member's key and colon, after whitespace.
+    fn key(&mut self) -> Option<()> {
+        if self.ws()? != b'"' {
+            return None;
+        }
+        self.string()?;
+        self.eat(b':').then_some(())
+    }
+
+    /// Skips one value (after whitespace) without recursion; its nesting depth (0: a scalar).
+    fn value(&mut self) -> Option<usize> {
+        let mut open = Vec::new();
+        let mut depth = 0;
+        loop {
+            match self.ws()? {
+                b'"' => self.string()?,
+                b'n' => self.word(b"null")?,
+                b't' => self.word(b"true")?,
+                b'f' => self.word(b"false")?,
+                b'-' | b'0'..=b'9' => self.number()?,
+                c @ (b'[' | b'{') => {
+                    self.pos += 1;
+                    let close = if c == b'[' { b']' } else { b'}' };
+                    depth = depth.max(open.len() + 1);
+                    if !self.eat(close) {
+                        open.push(close);
+                        if close == b'}' {
+                            self.key()?;
+                        }
+                        continue;
+                    }
+                }
+                _ => return None,
+            }
+            // After a value: a comma and the next entry, or the ends of containers.
+            loop {
+                let Some(&close) = open.last() else {
+                    return Some(depth);
+                };
+                if self.eat(b',') {
+                    if close == b'}' {
+                        self.key()?;
+                    }
+                    break;
+                }
+                if !self.eat(close) {
+                    return None;
+                }
+                open.pop();
+            }
+        }
+    }
 }
 
-#[derive(Deserialize)]
-struct Params {
-    #[serde(default)]
-    name: Option<Value>,
-    #[serde(default, rename = "_meta")]
-    meta: Option<Map<String, Value>>,
+/// One entry of a JSON object or array: the key as written (quotes and escapes included; `None`
+/// in an array), the value's text and its nesting depth.
+struct Entry<'a> {
+    key: Option<&'a str>,
+    value: &'a str,
+    depth: usize,
+}
+
+/// The entries of `value`, the text of a JSON object or array; `None` for any other value.
+fn entries(value: &str) -> Option<Vec<Entry<'_>>> {
+    let mut s = Scan {
+        bytes: value.as_bytes(),
+        pos: 0,
+    };
+    let close = match s.ws()? {
+        b'{' => b'}',
+        b'[' => b']',
+        _ => return None,
+    };
+    s.pos += 1;
+    let mut out = Vec::new();
+    if s.eat(close) {
+        return Some(out);
+    }
+    loop {
+        let key = if close == b'}' {
+            if s.ws()? != b'"' {
+                return None;
+            }
+            let start = s.pos;
+            s.string()?;
+            let key = value.get(start..s.pos)?;
+            if !s.eat(b':') {
+                return None;
+            }
+            Some(key)
+        } else {
+            None
+        };
+        let start = s.ws().map(|_| s.pos)?;
+        let depth = s.value()?;
+        out.push(Entry {
+            key,
+            value: value.get(start..s.pos)?,
+            depth,
+        });
+        if !s.eat(b',') {
+            return s.eat(close).then_some(out);
+        }
+    }
+}
+
+/// A JSON value's text parsed, as serde_json parses a member it reads (a string's escapes
+/// decoded, lone surrogates refused), within the recursion limit a member of `params` has.
+fn parse(text: &str, depth: usize) -> Option<Value> {
+    // serde_json allows 127 nested levels; the envelope and `params` take two.
+    if depth > 125 {
+        return None;
+    }
+    serde_json::from_slice(text.as_bytes()).ok()
+}
+
+/// The string a JSON value's text holds, escapes decoded; `None` for any other value.
+fn string(text: &str) -> Option<String> {
+    if !text.contains('\\') {
+        return text.strip_prefix('"')?.strip_suffix('"').map(str::to_owned);
+    }
+    match parse(text, 0)? {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// The members named `names` of an object's entries (an array's entries are taken in order):
+/// `None` when a key is not a string serde_json reads (a lone surrogate), a member is repeated
+/// (so one body cannot mean two things), or an array has more entries than `names`.
+fn members<'a, const N: usize>(
+    entries: &'a [Entry<'a>],
+    names: [&str; N],
+) -> Option<[Option<&'a Entry<'a>>; N]> {
+    let mut out = [None; N];
+    for (i, entry) in entries.iter().enumerate() {
+        let slot = match entry.key {
+            Some(key) => {
+                let key = string(key)?;
+                names.iter().position(|n| *n == key)
+            }
+            None => Some(i),
+        };
+        let Some(slot) = slot else { continue };
+        match out.get_mut(slot)? {
+            Some(_) => return None,
+            empty => *empty = Some(entry),
+        }
+    }
+    Some(out)
 }
 
 /// Reads a request body: at most [`MAX_BODY_BYTES`], never panics, linear work.
@@ -308,63 +523,69 @@ pub fn classify(body: &[u8]) -> Body {
     let Ok(text) = std::str::from_utf8(body) else {
         return Body::NotJson;
     };
-    let is_json = || serde_json::from_str::<IgnoredAny>(text).is_ok();
-    if text.trim_start().starts_with('[') {
-        return if is_json() {
-            Body::Batch
-        } else {
-            Body::NotJson
-        };
+    let mut s = Scan {
+        bytes: body,
+        pos: 0,
+    };
+    let first = s.ws();
+    if s.value().is_none() || s.ws().is_some() {
+        return Body::NotJson;
     }
-    match serde_json::from_str::<Envelope>(text) {
-        Ok(envelope) => classify_envelope(envelope),
-        Err(_) if is_json() => Body::NotJsonRpc,
-        Err(_) => Body::NotJson,
+    if first == Some(b'[') {
+        return Body::Batch;
     }
-}
-
-fn string(raw: &RawValue) -> Option<String> {
-    serde_json::from_str(raw.get()).ok()
-}
-
-fn classify_envelope(envelope: Envelope) -> Body {
-    let Envelope {
-        jsonrpc,
-        id,
-        method,
-        params,
-        result,
-        error,
-    } = envelope;
-    if jsonrpc.as_deref().and_then(string).as_deref() != Some("2.0") {
+    if first != Some(b'{') {
         return Body::NotJsonRpc;
+    }
+    classify_message(text).unwrap_or(Body::NotJsonRpc)
+}
+
+/// Classifies a JSON object; `None`: not a JSON-RPC 2.0 message.
+fn classify_message(text: &str) -> Option<Body> {
+    let top = entries(text)?;
+    let [jsonrpc, id, method, params, result, error] = members(
+        &top,
+        ["jsonrpc", "id", "method", "params", "result", "error"],
+    )?;
+    // `params`: an object or `null`; or an array of at most two entries, `name` and `_meta` in
+    // that order, which is how serde's derive reads a struct from an array (kept as it was).
+    let params = match params {
+        Some(p) if p.value != "null" => entries(p.value)?,
+        _ => Vec::new(),
+    };
+    let [name, meta] = members(&params, ["name", "_meta"])?;
+    let name = match name {
+        Some(n) => parse(n.value, n.depth)?,
+        None => Value::Null,
+    };
+    let meta = match meta {
+        Some(m) => match parse(m.value, m.depth)? {
+            Value::Object(meta) => meta,
+            Value::Null => Map::new(),
+            _ => return None,
+        },
+        None => Map::new(),
+    };
+
+    if jsonrpc.and_then(|j| string(j.value)).as_deref() != Some("2.0") {
+        return None;
     }
     let Some(method) = method else {
-        return if result.is_some() != error.is_some() && id.is_some() {
-            Body::Response
-        } else {
-            Body::NotJsonRpc
-        };
+        return (result.is_some() != error.is_some() && id.is_some()).then_some(Body::Response);
     };
-    let Some(method) = string(&method) else {
-        return Body::NotJsonRpc;
-    };
+    let method = string(method.value)?;
     if result.is_some() || error.is_some() {
-        return Body::NotJsonRpc;
+        return None;
     }
     let Some(id) = id else {
-        return Body::Notification;
+        return Some(Body::Notification);
     };
-    let Some(id) = RequestId::from_raw(id) else {
-        return Body::NotJsonRpc;
-    };
+    let id = RequestId::from_json(id.value)?;
     let method = Method::from_name(&method);
-    let (name, meta) = params.map_or((None, None), |p| (p.name, p.meta));
     let tool = match (method, name) {
-        (Method::ToolsCall, Some(Value::String(name))) => Some(name),
+        (Method::ToolsCall, Value::String(name)) => Some(name),
         _ => None,
     };
-    let meta = meta.unwrap_or_default();
     let declared_version = match meta.get(PROTOCOL_VERSION_META_KEY) {
         None => DeclaredVersion::Absent,
         Some(Value::String(v)) => DeclaredVersion::Named(v.clone()),
@@ -375,13 +596,13 @@ fn classify_envelope(envelope: Envelope) -> Body {
         .and_then(|c| c.get("elicitation"))
         .and_then(|e| e.get("url"))
         .is_some_and(Value::is_object);
-    Body::Request(Request {
+    Some(Body::Request(Request {
         id,
         method,
         tool,
         declared_version,
         url_elicitation,
-    })
+    }))
 }
 
 /// A JSON-RPC id as Envoy's `envoy.filters.http.mcp` filter leaves it in dynamic metadata: a
@@ -420,7 +641,7 @@ pub fn request_from_metadata(
         params.insert("name".into(), Value::from(tool));
         request.insert("params".into(), Value::Object(params));
     }
-    serde_json::to_vec(&Value::Object(request)).ok()
+    Some(Value::Object(request).to_string().into_bytes())
 }
 
 /// Why a request gets today's 401 instead of an MCP answer.
@@ -612,87 +833,21 @@ impl UrlElicitation {
     }
 }
 
-#[derive(Serialize)]
-struct ResultMessage<'a, R> {
-    jsonrpc: &'static str,
-    id: &'a RawValue,
-    result: R,
+/// `s` as a JSON string, escaped as serde_json escapes it.
+fn json_str(s: &str) -> String {
+    Value::from(s).to_string()
 }
 
-#[derive(Serialize)]
-struct ErrorMessage<'a, D> {
-    jsonrpc: &'static str,
-    id: &'a RawValue,
-    error: ErrorObject<'a, D>,
-}
-
-#[derive(Serialize)]
-struct ErrorObject<'a, D> {
-    code: i64,
-    message: &'a str,
-    data: D,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ToolResult<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    result_type: Option<&'static str>,
-    content: [TextContent<'a>; 1],
-    is_error: bool,
-}
-
-#[derive(Serialize)]
-struct TextContent<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    text: &'a str,
-}
-
-#[derive(Serialize)]
-struct ElicitationsData<'a> {
-    elicitations: [UrlParams2025<'a>; 1],
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct UrlParams2025<'a> {
-    mode: &'static str,
-    elicitation_id: &'a str,
-    url: &'a str,
-    message: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct InputRequired<'a> {
-    result_type: &'static str,
-    input_requests: BTreeMap<String, ElicitRequest<'a>>,
-}
-
-#[derive(Serialize)]
-struct ElicitRequest<'a> {
-    method: &'static str,
-    params: UrlParams2026<'a>,
-}
-
-#[derive(Serialize)]
-struct UrlParams2026<'a> {
-    mode: &'static str,
-    url: &'a str,
-    message: &'a str,
-}
-
-/// The serialized message; these types always serialize, the fallback is a JSON-RPC internal
-/// error so a reply is never empty.
-fn to_json<T: Serialize>(message: &T) -> String {
-    serde_json::to_string(message).unwrap_or_else(|_| {
-        r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"internal error"}}"#
-            .to_owned()
-    })
-}
-
-fn json_reply(body: String) -> LocalReply {
+/// The reply `{"jsonrpc":"2.0","id":<id>,<member>}` for request `id`: `member` is the JSON text
+/// of the `result` or `error` member.
+fn json_reply(id: &RequestId, member: &[&str]) -> LocalReply {
+    let mut body = String::from(r#"{"jsonrpc":"2.0","id":"#);
+    body.push_str(id.as_json());
+    body.push(',');
+    for part in member {
+        body.push_str(part);
+    }
+    body.push('}');
     LocalReply {
         status: 200,
         headers: vec![("content-type", "application/json".to_owned())],
@@ -703,40 +858,42 @@ fn json_reply(body: String) -> LocalReply {
 /// (a) The `tools/call` result `{content: [{type: "text", text: message}], isError: true}` (with
 /// `resultType: "complete"` at 2026-07-28), answering request `id`.
 pub fn tool_error_reply(id: &RequestId, shape: ResultShape, message: &str) -> LocalReply {
-    let result = ToolResult {
-        result_type: (shape == ResultShape::Modern).then_some("complete"),
-        content: [TextContent {
-            kind: "text",
-            text: message,
-        }],
-        is_error: true,
+    let result_type = match shape {
+        ResultShape::Modern => r#""resultType":"complete","#,
+        ResultShape::Handshake => "",
     };
-    json_reply(to_json(&ResultMessage {
-        jsonrpc: "2.0",
-        id: &id.0,
-        result,
-    }))
+    json_reply(
+        id,
+        &[
+            r#""result":{"#,
+            result_type,
+            r#""content":[{"type":"text","text":"#,
+            &json_str(message),
+            r#"}],"isError":true}"#,
+        ],
+    )
 }
 
 /// (b) The 2025-11-25 `URLElicitationRequiredError`: error `-32042`, its message the elicitation's,
 /// `data.elicitations` the one URL elicitation; answering request `id`.
 pub fn url_elicitation_required_reply(id: &RequestId, elicitation: &UrlElicitation) -> LocalReply {
-    json_reply(to_json(&ErrorMessage {
-        jsonrpc: "2.0",
-        id: &id.0,
-        error: ErrorObject {
-            code: URL_ELICITATION_REQUIRED,
-            message: &elicitation.message,
-            data: ElicitationsData {
-                elicitations: [UrlParams2025 {
-                    mode: "url",
-                    elicitation_id: &elicitation.elicitation_id,
-                    url: &elicitation.url,
-                    message: &elicitation.message,
-                }],
-            },
-        },
-    }))
+    let message = json_str(&elicitation.message);
+    json_reply(
+        id,
+        &[
+            r#""error":{"code":"#,
+            &URL_ELICITATION_REQUIRED.to_string(),
+            r#","message":"#,
+            &message,
+            r#","data":{"elicitations":[{"mode":"url","elicitationId":"#,
+            &json_str(&elicitation.elicitation_id),
+            r#","url":"#,
+            &json_str(&elicitation.url),
+            r#","message":"#,
+            &message,
+            "}]}}",
+        ],
+    )
 }
 
 /// The `inputRequests` key of the connect elicitation for `provider`.
@@ -751,22 +908,18 @@ pub fn input_required_reply(
     provider: &str,
     elicitation: &UrlElicitation,
 ) -> LocalReply {
-    let request = ElicitRequest {
-        method: "elicitation/create",
-        params: UrlParams2026 {
-            mode: "url",
-            url: &elicitation.url,
-            message: &elicitation.message,
-        },
-    };
-    json_reply(to_json(&ResultMessage {
-        jsonrpc: "2.0",
-        id: &id.0,
-        result: InputRequired {
-            result_type: "input_required",
-            input_requests: BTreeMap::from([(input_request_key(provider), request)]),
-        },
-    }))
+    json_reply(
+        id,
+        &[
+            r#""result":{"resultType":"input_required","inputRequests":{"#,
+            &json_str(&input_request_key(provider)),
+            r#":{"method":"elicitation/create","params":{"mode":"url","url":"#,
+            &json_str(&elicitation.url),
+            r#","message":"#,
+            &json_str(&elicitation.message),
+            "}}}}",
+        ],
+    )
 }
 
 // ---- Templates ----------------------------------------------------------------------------------
