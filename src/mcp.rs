@@ -243,6 +243,9 @@ pub struct Request {
     /// `params._meta["io.modelcontextprotocol/clientCapabilities"].elicitation.url` is an object:
     /// the client takes URL elicitations (2026-07-28 declares capabilities per request).
     pub url_elicitation: bool,
+    /// The keys of `params.inputResponses` (at most 16): a 2026-07-28 retry answering input
+    /// requests, e.g. `connect:github` once the user was asked to connect GitHub.
+    pub input_responses: Vec<String>,
 }
 
 /// What a request body is.
@@ -596,12 +599,22 @@ fn classify_message(text: &str) -> Option<Body> {
         .and_then(|c| c.get("elicitation"))
         .and_then(|e| e.get("url"))
         .is_some_and(Value::is_object);
+    let input_responses = params
+        .iter()
+        .find(|e| e.key.and_then(string).as_deref() == Some("inputResponses"))
+        .and_then(|e| parse(e.value, e.depth))
+        .and_then(|v| match v {
+            Value::Object(m) => Some(m.keys().take(16).cloned().collect()),
+            _ => None,
+        })
+        .unwrap_or_default();
     Some(Body::Request(Request {
         id,
         method,
         tool,
         declared_version,
         url_elicitation,
+        input_responses,
     }))
 }
 
@@ -725,7 +738,9 @@ pub struct Offer<'a> {
 ///    or whose `_meta` protocol version disagrees with the header.
 /// 2. A URL elicitation, when the offer has one, on `tools/call`, `prompts/get` and
 ///    `resources/read`: at 2025-11-25 the `-32042` error; at 2026-07-28 an `InputRequiredResult`,
-///    if the request declares URL elicitation in its capabilities. Earlier revisions have none.
+///    if the request declares URL elicitation in its capabilities, and on its retry carrying our
+///    input response (the token still missing) the `isError` tool result (a `tools/call`) or
+///    the 401. Earlier revisions have none.
 /// 3. Else, a `tools/call` (with a tool name) gets the `isError` tool result when the offer says
 ///    so, in the revision's result shape.
 /// 4. Everything else gets the 401.
@@ -752,7 +767,19 @@ pub fn decide(body: &Body, version: ProtocolVersion, offer: &Offer<'_>) -> Answe
     match version {
         ProtocolVersion::V2025_11_25 if elicit => return Answer::UrlElicitationRequired { id },
         ProtocolVersion::V2026_07_28 if elicit && request.url_elicitation => {
-            return Answer::InputRequired { id }
+            // The client already asked the user (a retry with our input response) and the token
+            // is still missing: say so in the tool's result instead of asking again and again.
+            let asked = input_request_key(offer.provider);
+            if request.input_responses.contains(&asked) {
+                if request.method == Method::ToolsCall && request.tool.is_some() {
+                    return Answer::ToolError {
+                        id,
+                        shape: ResultShape::Modern,
+                    };
+                }
+                return Answer::Unauthorized(Unanswerable::NoAnswer);
+            }
+            return Answer::InputRequired { id };
         }
         _ => {}
     }
@@ -1309,6 +1336,50 @@ mod tests {
             Body::Request(_)
         ));
         assert_eq!(classify(deep("_meta").as_bytes()), Body::NotJsonRpc);
+    }
+
+    #[test]
+    fn a_2026_retry_that_answered_our_input_request_gets_the_tool_error_not_another_request() {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{{"name":"search_repos","inputResponses":{{"connect:github":{{"action":"accept"}}}}{}}}}}"#,
+            modern_meta(r#"{"elicitation":{"url":{}}}"#)
+        );
+        let r = request(&body);
+        assert_eq!(r.input_responses, ["connect:github"]);
+        let elicitation = UrlElicitation::new(
+            "https://gw.example/connect/{provider}?e={elicitationId}",
+            DEFAULT_MESSAGE_TEMPLATE,
+            "github",
+            "id-1",
+        )
+        .unwrap();
+        let offer = Offer {
+            provider: "github",
+            message: "Connect your github account to use this tool.",
+            tool_error: false,
+            elicitation: Some(&elicitation),
+        };
+        assert!(matches!(
+            decide(
+                &classify(body.as_bytes()),
+                ProtocolVersion::V2026_07_28,
+                &offer
+            ),
+            Answer::ToolError {
+                shape: ResultShape::Modern,
+                ..
+            }
+        ));
+        // Another provider's response is no answer to ours.
+        let other = body.replace("connect:github", "connect:slack");
+        assert!(matches!(
+            decide(
+                &classify(other.as_bytes()),
+                ProtocolVersion::V2026_07_28,
+                &offer
+            ),
+            Answer::InputRequired { .. }
+        ));
     }
 
     #[test]

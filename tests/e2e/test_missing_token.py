@@ -313,21 +313,19 @@ def test_the_sdk_client_at_2026_07_28_is_asked_to_open_the_connect_url(missing, 
 
     async def elicit(context, params):
         elicited.append(params)
-        return mcp_types.ElicitResult(action="decline")
+        return mcp_types.ElicitResult(action="accept")
 
     async def main():
         async with Client(gateway.transport(), mode="2026-07-28", elicitation_callback=elicit) as client:
-            try:
-                return await client.call_tool("search_repos", {"q": "x"})
-            except Exception as e:  # the token is still missing on the retries: the SDK gives up
-                return e
+            return await client.call_tool("search_repos", {"q": "x"})
 
-    asyncio.run(main())
-    assert elicited, f"the client was never asked to open the connect URL ({gateway.forwarded})"
-    assert gateway.forwarded[0] == 200
-    params = elicited[0]
+    result = asyncio.run(main())
+    [params] = elicited
     assert isinstance(params, mcp_types.ElicitRequestURLParams)
     assert CONNECT_RE.match(params.url) and params.message == SHOWN
+    # The retry carries the user's answer; the token is still missing: the tool error ends it.
+    assert gateway.forwarded == [200, 200]
+    assert result.is_error is True and result.content[0].text.startswith(SHOWN)
 
 
 def test_no_answer_trapped_the_vm(missing, connect_router):
