@@ -20,7 +20,7 @@ cd "$(dirname "$0")"
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 CARGO_FUZZ_VERSION=0.13.2
-ALL_TARGETS=(config_load metadata_pairs sts_response form_encode header_checks cache_entry typed_metadata providers_summary)
+ALL_TARGETS=(config_load metadata_pairs sts_response form_encode header_checks cache_entry typed_metadata providers_summary mcp_answers)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
 
 toolchain=${FUZZ_TOOLCHAIN:-}

@@ -44,6 +44,34 @@ pub struct Config {
     /// The hand-off across Envoy's mcp_router (Envoy addition); `None`: this instance reads
     /// the upstream tokens from dynamic metadata itself.
     pub handoff: Option<HandoffConfig>,
+    /// How a missing upstream token is answered (Envoy addition).
+    pub missing_token: MissingToken,
+}
+
+/// The `missingToken` block: what a request whose upstream token is missing is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingToken {
+    /// `resourceMetadata` and `scope` in the 401's `WWW-Authenticate` challenge.
+    pub challenge: crate::error::ChallengeParams,
+    /// Provider name → the URL template where the user connects that provider.
+    pub connect_urls: BTreeMap<String, String>,
+    /// What the user is shown; `{provider}` is filled in.
+    pub message: String,
+    /// `readBody`: read an MCP request's body to answer it in MCP (needs the wasm filter's
+    /// `allow_on_headers_stop_iteration: true`); otherwise the filter answers in MCP only from
+    /// what `envoy.filters.http.mcp` parsed into dynamic metadata.
+    pub read_body: bool,
+}
+
+impl Default for MissingToken {
+    fn default() -> Self {
+        MissingToken {
+            challenge: crate::error::ChallengeParams::default(),
+            connect_urls: BTreeMap::new(),
+            message: crate::mcp::DEFAULT_MESSAGE_TEMPLATE.to_owned(),
+            read_body: false,
+        }
+    }
 }
 
 /// The `handoff` block: this instance issues the hand-off (listener chain, before mcp_router) or
@@ -413,6 +441,7 @@ fn decode(
             "removeRequestHeaders",
             "removeCookies",
             "handoff",
+            "missingToken",
         ],
     )?;
     let auth_server_value = top.get("authServer");
@@ -448,6 +477,27 @@ fn decode(
         headers: d.removal_list(&top, "removeRequestHeaders", RemovalKind::Header),
         cookies: d.removal_list(&top, "removeCookies", RemovalKind::Cookie),
     };
+    let missing_token = top
+        .get("missingToken")
+        .and_then(|v| d.missing_token(v, "missingToken", auth_server.as_ref()))
+        .unwrap_or_default();
+    let accepting = matches!(
+        handoff,
+        Some(HandoffConfig {
+            mode: HandoffMode::Accept,
+            ..
+        })
+    );
+    if accepting && missing_token.read_body {
+        d.problems.report(
+            Rule::S18,
+            "missingToken.readBody",
+            "readBody does not work behind mcp_router (Envoy 1.40 hands the local reply of a \
+             paused mcp_router backend call to a filter context proxy-wasm has already dropped); \
+             an accepting instance answers from the request the hand-off carries, as \
+             envoy.filters.http.mcp parsed it: remove readBody here",
+        );
+    }
     if let (true, Some(handoff)) = (issuing, &handoff) {
         d.check_issuer(
             &top,
@@ -465,6 +515,7 @@ fn decode(
             backend_name_sources,
             removal,
             handoff,
+            missing_token,
         },
         auth_server_broken,
         missing_provider: d.missing_provider,
@@ -824,6 +875,92 @@ impl Decoder<'_, '_> {
             }
         }
         out
+    }
+
+    fn missing_token(
+        &mut self,
+        v: &Value,
+        path: &str,
+        auth_server: Option<&AuthServer>,
+    ) -> Option<MissingToken> {
+        let obj = self.object(
+            v,
+            path,
+            &[
+                "resourceMetadata",
+                "scope",
+                "connectUrls",
+                "message",
+                "readBody",
+            ],
+        )?;
+        let mut out = MissingToken::default();
+        let checked = |d: &mut Self, key: &str, problem: fn(&str) -> Option<&'static str>| {
+            let value = d.string(&obj, key)?;
+            match problem(value) {
+                Some(why) => {
+                    d.problems.report(
+                        Rule::S18,
+                        &obj.field(key),
+                        format!("{key} {why}; it goes into the 401's WWW-Authenticate challenge"),
+                    );
+                    None
+                }
+                None => Some(value.to_owned()),
+            }
+        };
+        out.challenge.resource_metadata = checked(
+            self,
+            "resourceMetadata",
+            crate::error::resource_metadata_problem,
+        );
+        out.challenge.scope = checked(self, "scope", crate::error::scope_problem);
+        if let Some(message) = self.string(&obj, "message") {
+            match crate::mcp::message_template_problem(message) {
+                Some(why) => {
+                    self.problems
+                        .report(Rule::S18, &obj.field("message"), format!("message {why}"))
+                }
+                None => out.message = message.to_owned(),
+            }
+        }
+        match obj.get("readBody") {
+            None => {}
+            Some(Value::Bool(b)) => out.read_body = *b,
+            Some(other) => self.wrong_type(&obj.field("readBody"), "a boolean", other),
+        }
+        match obj.get("connectUrls") {
+            None => {}
+            Some(Value::Object(urls)) => {
+                let upstreams: std::collections::HashSet<&str> = auth_server
+                    .map(|a| a.upstreams.iter().map(String::as_str).collect())
+                    .unwrap_or_default();
+                for (provider, template) in urls {
+                    let field = member_path(&obj.field("connectUrls"), provider);
+                    let Value::String(template) = template else {
+                        self.wrong_type(&field, "a URL template (a string)", template);
+                        continue;
+                    };
+                    if !upstreams.contains(provider.as_str()) {
+                        self.problems.report(
+                            Rule::S18,
+                            &field,
+                            format!(
+                                "connectUrls names provider {} which is not in authServer.upstreams",
+                                quote(provider)
+                            ),
+                        );
+                    } else if let Some(why) = crate::mcp::url_template_problem(template) {
+                        self.problems
+                            .report(Rule::S18, &field, format!("the connect URL {why}"));
+                    } else {
+                        out.connect_urls.insert(provider.clone(), template.clone());
+                    }
+                }
+            }
+            Some(other) => self.wrong_type(&obj.field("connectUrls"), "an object", other),
+        }
+        Some(out)
     }
 
     fn handoff(&mut self, v: &Value, path: &str) -> Option<HandoffConfig> {

@@ -15,11 +15,13 @@ use proxy_wasm::types::{Action, BufferType, ContextType};
 use crate::cache::{self, CacheKey, CacheSettings};
 use crate::config::{self, HandoffConfig, HandoffMode};
 use crate::error::AuthError;
+use crate::error::LocalReply;
 use crate::exchange::{self, ExchangeFailure, Issued, StsRequest};
 use crate::flights::{Departure, Flights};
 use crate::handoff::{self, Handoff, HandoffProblem, Key};
 use crate::host;
 use crate::http;
+use crate::mcp;
 use crate::metadata;
 use crate::stats::Counter;
 use crate::strategy::{Decision, Edit, ExchangePlan, Plan, Plans, RequestView, UpstreamRef};
@@ -46,6 +48,8 @@ struct Runtime {
     root_calls: RefCell<HashMap<u32, CacheKey>>,
     /// This instance's part in the mcp_router hand-off, if any.
     handoff: Option<HandoffRuntime>,
+    /// How a missing upstream token is answered.
+    missing: config::MissingToken,
 }
 
 /// An issuing or accepting instance of the hand-off (see [`crate::handoff`]).
@@ -105,6 +109,59 @@ impl HandoffRuntime {
     }
 }
 
+/// Whether the request is a POST (an MCP JSON-RPC request is).
+fn is_post() -> bool {
+    host::request_header(":method")
+        .ok()
+        .flatten()
+        .is_some_and(|m| m == b"POST")
+}
+
+/// The request's `MCP-Protocol-Version` header, if it is short enough to be one.
+fn protocol_version_header() -> Option<Vec<u8>> {
+    host::request_header(mcp::PROTOCOL_VERSION_HEADER)
+        .ok()
+        .flatten()
+        .filter(|v| v.len() <= 64)
+}
+
+/// A fresh elicitation id: 128 random bits, hex.
+fn elicitation_id() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    host::random_bytes(&mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Where Envoy's `envoy.filters.http.mcp` filter leaves the JSON-RPC request it parsed.
+const MCP_METHOD_PATH: &[u8] = b"metadata\0filter_metadata\0envoy.filters.http.mcp\0method";
+const MCP_ID_PATH: &[u8] = b"metadata\0filter_metadata\0envoy.filters.http.mcp\0id";
+const MCP_TOOL_PATH: &[u8] = b"metadata\0filter_metadata\0envoy.filters.http.mcp\0params\0name";
+
+/// The client's MCP request as the mcp filter (before this one) parsed it, if it did.
+fn mcp_request_from_metadata() -> Option<Vec<u8>> {
+    let read = |path: &[u8]| host::get_property(path).ok().flatten();
+    let method = read(MCP_METHOD_PATH)?;
+    let method = std::str::from_utf8(&method).ok()?;
+    let id = read(MCP_ID_PATH)?;
+    // A Struct number arrives as its 8 f64 bytes: only the typed metadata tells it from a string.
+    let kind = if id.len() == 8 {
+        read(metadata::TYPED_METADATA_PATH)
+            .and_then(|typed| metadata::value_kind_at(&typed, MCP_ID_PATH))
+    } else {
+        Some(metadata::ValueKind::String)
+    };
+    let id = match kind? {
+        metadata::ValueKind::String => mcp::MetadataId::String(std::str::from_utf8(&id).ok()?),
+        metadata::ValueKind::Number => {
+            mcp::MetadataId::Number(f64::from_le_bytes(id.as_slice().try_into().ok()?))
+        }
+        _ => return None,
+    };
+    let tool = read(MCP_TOOL_PATH);
+    let tool = tool.as_deref().and_then(|t| std::str::from_utf8(t).ok());
+    mcp::request_from_metadata(method, id, tool)
+}
+
 /// The key the instances of this `vm_id` share: made at random by the first that needs it.
 fn shared_handoff_key() -> Result<Key, String> {
     let stored = || {
@@ -162,19 +219,33 @@ impl Runtime {
         }
     }
 
-    fn on_request_headers(&self, context_id: u32, exchange_key: &mut Option<CacheKey>) -> Action {
+    fn on_request_headers(
+        &self,
+        context_id: u32,
+        end_of_stream: bool,
+        exchange_key: &mut Option<CacheKey>,
+        pending: &mut Option<AuthError>,
+    ) -> Action {
         if let Some(issuer) = self.handoff.as_ref().filter(|h| !h.accepting()) {
             return self.issue_handoff(issuer).unwrap_or_else(|err| {
                 warn!("outgoing-auth: hand-off not issued: {err}");
                 self.count(Counter::HostError);
-                reply(&err)
+                self.reply(&err)
             });
         }
         let backend = backend_name(self.plans.backend_name_paths());
         let plan = self.plans.for_backend(backend.as_deref());
+        // The MCP request behind mcp_router, from the hand-off (for an answer in MCP).
+        let mut mcp_request = None;
         let result = self.start_from_client_request(plan).and_then(|record| {
             // Accepting: the tokens come from the hand-off; otherwise from dynamic metadata.
             let handoff = self.accepted_handoff(plan, &record, backend.as_deref());
+            if let Some(Some(h)) = &handoff {
+                mcp_request = h
+                    .mcp_request
+                    .clone()
+                    .map(|r| (r, h.mcp_protocol_version.clone()));
+            }
             let token: Result<Option<Cow<'_, [u8]>>, ()> = match (&handoff, plan.upstream()) {
                 (_, None) => Ok(None),
                 (Some(h), Some(upstream)) => Ok(h
@@ -215,10 +286,104 @@ impl Runtime {
             }
         });
         result.unwrap_or_else(|err| {
-            self.log_rejection(&err, plan, backend.as_deref());
+            self.log_rejection(&err, plan.type_name(), backend.as_deref());
             self.count(plan.rejection_counter(&err));
-            reply(&err)
+            self.answer_rejection(&err, mcp_request, end_of_stream, pending)
         })
+    }
+
+    /// Answers a rejected request. A missing upstream token gets an answer in MCP where the
+    /// request takes one ([`mcp::decide`]): behind mcp_router a `tools/call` a tool result with
+    /// `isError` (mcp_router turns a 401 into a generic 500 but relays a 200); with a connect URL
+    /// for the provider a URL elicitation. Which request it is comes from the hand-off, from what
+    /// `envoy.filters.http.mcp` parsed, or (with `missingToken.readBody`) from the body itself,
+    /// which is then awaited (`pending`). Everything else gets the error's own reply.
+    fn answer_rejection(
+        &self,
+        err: &AuthError,
+        from_handoff: Option<(Vec<u8>, Option<Vec<u8>>)>,
+        end_of_stream: bool,
+        pending: &mut Option<AuthError>,
+    ) -> Action {
+        let AuthError::UpstreamTokenNotFound { provider, .. } = err else {
+            return self.reply(err);
+        };
+        let accepting = self.handoff.as_ref().is_some_and(HandoffRuntime::accepting);
+        if !accepting && !self.missing.connect_urls.contains_key(provider) {
+            return self.reply(err); // No answer in MCP could apply: read nothing more.
+        }
+        // The body itself says most (a 2026-07-28 request's declared capabilities too).
+        if self.missing.read_body && !end_of_stream && is_post() {
+            *pending = Some(err.clone());
+            return Action::Pause; // The body comes to on_http_request_body.
+        }
+        let request = match from_handoff {
+            Some(request) => Some(request),
+            None if accepting => None,
+            None => mcp_request_from_metadata().map(|r| (r, protocol_version_header())),
+        };
+        match request {
+            Some((body, version)) => self.answer_in_mcp(err, &body, version.as_deref()),
+            None => self.reply(err),
+        }
+    }
+
+    /// The answer in MCP to `request` (a JSON-RPC body) whose upstream token is missing, or the
+    /// error's own reply when the request takes none.
+    fn answer_in_mcp(&self, err: &AuthError, request: &[u8], version: Option<&[u8]>) -> Action {
+        let AuthError::UpstreamTokenNotFound { provider, .. } = err else {
+            return self.reply(err);
+        };
+        let message = mcp::connect_message(&self.missing.message, provider).unwrap_or_default();
+        let elicitation = self
+            .missing
+            .connect_urls
+            .get(provider)
+            .and_then(|template| {
+                let id = elicitation_id()?;
+                mcp::UrlElicitation::new(template, &self.missing.message, provider, &id).ok()
+            });
+        // A revision without URL elicitation still shows the link in the tool error's text.
+        let tool_message = match &elicitation {
+            Some(e) => format!("{message} {}", e.url()),
+            None => message,
+        };
+        let offer = mcp::Offer {
+            provider,
+            message: &tool_message,
+            tool_error: self.handoff.as_ref().is_some_and(HandoffRuntime::accepting),
+            elicitation: elicitation.as_ref(),
+        };
+        let answer = mcp::decide(
+            &mcp::classify(request),
+            mcp::ProtocolVersion::from_header(version),
+            &offer,
+        );
+        let counter = match &answer {
+            mcp::Answer::ToolError { .. } => Counter::McpToolError,
+            mcp::Answer::UrlElicitationRequired { .. } => Counter::McpUrlElicitation,
+            mcp::Answer::InputRequired { .. } => Counter::McpInputRequired,
+            mcp::Answer::Unauthorized(why) => {
+                debug!("outgoing-auth: no answer in MCP ({}): 401", why.as_str());
+                return self.reply(err);
+            }
+        };
+        match answer.reply(&offer) {
+            Ok(local) => {
+                self.count(counter);
+                debug!("outgoing-auth: answered in MCP ({})", counter.name());
+                send(&local)
+            }
+            Err(why) => {
+                debug!("outgoing-auth: no answer in MCP ({}): 401", why.as_str());
+                self.reply(err)
+            }
+        }
+    }
+
+    /// The error's local reply, its 401 challenge carrying `missingToken`'s parameters.
+    fn reply(&self, err: &AuthError) -> Action {
+        send(&err.reply_with(&self.missing.challenge))
     }
 
     /// Makes this run start from the client's original request, however often Envoy ran the
@@ -330,10 +495,11 @@ impl Runtime {
                     .push((upstream.provider.clone(), token.to_owned()));
             }
         }
-        if issuer.mode
-            == (HandoffMode::Issue {
-                client_bearer: true,
-            })
+        handoff.mcp_request = mcp_request_from_metadata();
+        handoff.mcp_protocol_version = protocol_version_header();
+        if let HandoffMode::Issue {
+            client_bearer: true,
+        } = issuer.mode
         {
             handoff.client_authorization = host::request_header("authorization")
                 .map_err(|_| host_error("read the client's Authorization header"))?;
@@ -483,11 +649,11 @@ impl Runtime {
                     if let Err(err) = resumed {
                         error!("outgoing-auth: {err}");
                         self.count(Counter::HostError);
-                        reply(&err);
+                        self.reply(&err);
                     }
                 }
                 Err(err) => {
-                    reply(err);
+                    self.reply(err);
                 }
             }
         }
@@ -529,9 +695,8 @@ impl Runtime {
         }
     }
 
-    fn log_rejection(&self, err: &AuthError, plan: &Plan, backend: Option<&[u8]>) {
+    fn log_rejection(&self, err: &AuthError, kind: &str, backend: Option<&[u8]>) {
         let backend = backend_label(backend);
-        let kind = plan.type_name();
         match err {
             AuthError::UpstreamTokenNotFound { problem, .. } => {
                 let tokens = &self.plans.tokens;
@@ -683,6 +848,7 @@ impl RootContext for Root {
                     flights: RefCell::new(Flights::default()),
                     root_calls: RefCell::new(HashMap::new()),
                     handoff,
+                    missing: loaded.config.missing_token.clone(),
                 }));
                 true
             }
@@ -719,6 +885,7 @@ impl RootContext for Root {
             context_id,
             runtime: self.runtime.clone(),
             exchange_key: None,
+            pending: None,
         }))
     }
 
@@ -733,6 +900,9 @@ struct Filter {
     /// Set once this request needs an exchanged token: while it waits, and afterwards so that a
     /// backend 401 can evict the token.
     exchange_key: Option<CacheKey>,
+    /// A missing upstream token whose answer waits for the request body
+    /// ([`Runtime::answer_rejection`]).
+    pending: Option<AuthError>,
 }
 
 impl Context for Filter {
@@ -758,14 +928,33 @@ impl Context for Filter {
 }
 
 impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         match &self.runtime {
-            Some(runtime) => runtime.on_request_headers(self.context_id, &mut self.exchange_key),
+            Some(runtime) => runtime.on_request_headers(
+                self.context_id,
+                end_of_stream,
+                &mut self.exchange_key,
+                &mut self.pending,
+            ),
             // Envoy does not run a plugin whose configuration was refused; fail closed anyway.
             None => reply(&AuthError::HostCall {
                 operation: "load the configuration",
             }),
         }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(runtime), Some(err)) = (&self.runtime, &self.pending) else {
+            return Action::Continue;
+        };
+        if body_size > mcp::MAX_BODY_BYTES {
+            return runtime.reply(err);
+        }
+        if !end_of_stream {
+            return Action::Pause; // Envoy buffers until the whole body is there.
+        }
+        let body = host::request_body(body_size).unwrap_or_default();
+        runtime.answer_in_mcp(err, &body, protocol_version_header().as_deref())
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -869,7 +1058,11 @@ fn host_error(operation: &'static str) -> AuthError {
 
 /// Sends the error's local reply and stops the request.
 fn reply(err: &AuthError) -> Action {
-    let r = err.reply();
+    send(&err.reply())
+}
+
+/// Sends a local reply and stops the request.
+fn send(r: &LocalReply) -> Action {
     let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     if let Err(status) = host::send_local_reply(r.status, &headers, &r.body) {
         error!(

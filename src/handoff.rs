@@ -39,6 +39,8 @@ const CONTEXT: &[u8] = b"outgoing-auth handoff v1";
 const ISSUED_AT: &[u8] = b"t";
 const CLIENT_AUTHORIZATION: &[u8] = b"b";
 const UPSTREAM: &[u8] = b"u";
+const MCP_REQUEST: &[u8] = b"r";
+const MCP_PROTOCOL_VERSION: &[u8] = b"v";
 
 /// The sealing key. `Debug` is redacted.
 #[derive(Clone, PartialEq, Eq)]
@@ -86,6 +88,11 @@ pub struct Handoff {
     pub client_authorization: Option<Vec<u8>>,
     /// When it was issued, Unix milliseconds.
     pub issued_at_ms: u64,
+    /// The client's MCP request as Envoy's mcp filter parsed it (see
+    /// [`crate::mcp::request_from_metadata`]), for an answer in MCP when a credential is missing.
+    pub mcp_request: Option<Vec<u8>>,
+    /// The client's `MCP-Protocol-Version` header, which mcp_router does not forward.
+    pub mcp_protocol_version: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for Handoff {
@@ -99,6 +106,7 @@ impl fmt::Debug for Handoff {
             .field("providers", &providers)
             .field("client_authorization", &self.client_authorization.is_some())
             .field("issued_at_ms", &self.issued_at_ms)
+            .field("mcp_request", &self.mcp_request.is_some())
             .finish()
     }
 }
@@ -129,6 +137,12 @@ impl Handoff {
         let mut pairs: Vec<(&[u8], &[u8])> = vec![(ISSUED_AT, issued_at.as_bytes())];
         if let Some(auth) = &self.client_authorization {
             pairs.push((CLIENT_AUTHORIZATION, auth));
+        }
+        if let Some(request) = &self.mcp_request {
+            pairs.push((MCP_REQUEST, request));
+        }
+        if let Some(version) = &self.mcp_protocol_version {
+            pairs.push((MCP_PROTOCOL_VERSION, version));
         }
         let names: Vec<Vec<u8>> = self
             .upstream_tokens
@@ -193,6 +207,10 @@ impl Handoff {
                 issued = true;
             } else if key == CLIENT_AUTHORIZATION {
                 handoff.client_authorization = Some(value.to_vec());
+            } else if key == MCP_REQUEST {
+                handoff.mcp_request = Some(value.to_vec());
+            } else if key == MCP_PROTOCOL_VERSION {
+                handoff.mcp_protocol_version = Some(value.to_vec());
             } else if let Some(provider) = key.strip_prefix(UPSTREAM) {
                 handoff.upstream_tokens.push((
                     std::str::from_utf8(provider).ok()?.to_owned(),
@@ -224,6 +242,8 @@ mod tests {
             ],
             client_authorization: Some(b"Bearer gw-alice".to_vec()),
             issued_at_ms: NOW,
+            mcp_request: Some(br#"{"jsonrpc":"2.0","id":3,"method":"tools/call"}"#.to_vec()),
+            mcp_protocol_version: Some(b"2025-11-25".to_vec()),
         }
     }
 

@@ -222,17 +222,20 @@ pub fn call_response_header(name: &str) -> Result<Option<Vec<u8>>, Status> {
 
 /// The body of the response to an HTTP call, inside `on_http_call_response` only.
 pub fn call_response_body(size: usize) -> Result<Vec<u8>, Status> {
+    buffer(BufferType::HttpCallResponseBody, size)
+}
+
+/// The request body buffered so far, inside `on_http_request_body` only.
+pub fn request_body(size: usize) -> Result<Vec<u8>, Status> {
+    buffer(BufferType::HttpRequestBody, size)
+}
+
+fn buffer(kind: BufferType, size: usize) -> Result<Vec<u8>, Status> {
     let mut data: *mut u8 = null_mut();
     let mut len: usize = 0;
     // SAFETY: see `owned`.
     unsafe {
-        match proxy_get_buffer_bytes(
-            BufferType::HttpCallResponseBody,
-            0,
-            size,
-            &mut data,
-            &mut len,
-        ) {
+        match proxy_get_buffer_bytes(kind, 0, size, &mut data, &mut len) {
             Status::Ok => Ok(owned(data, len).unwrap_or_default()),
             Status::NotFound => Ok(Vec::new()),
             other => Err(other),

@@ -12,6 +12,7 @@ pub mod exchange;
 pub mod flights;
 pub mod handoff;
 pub mod http;
+pub mod mcp;
 pub mod metadata;
 pub mod stats;
 pub mod strategy;

@@ -47,6 +47,16 @@ pub enum Counter {
     HandoffRejected,
     /// handoff accept: the backend's strategy needed a hand-off and none came.
     HandoffMissing,
+    /// A `tools/call` whose backend credential is missing was answered with a tool result with
+    /// `isError: true` naming the provider (HTTP 200, which Envoy's mcp_router relays) instead
+    /// of a 401.
+    McpToolError,
+    /// A request whose upstream token is missing was answered with JSON-RPC error -32042 (URL
+    /// elicitation required, protocol 2025-11-25) carrying the provider's connect URL.
+    McpUrlElicitation,
+    /// A request whose upstream token is missing was answered with an input-required result
+    /// asking the client to open the provider's connect URL (protocol 2026-07-28).
+    McpInputRequired,
     /// Envoy ran the filter again on a request it had already run on (a retry attempt of a
     /// cluster filter, an internal redirect); the run started from the client's original request.
     Rerun,
@@ -57,7 +67,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 24] = [
+    pub const ALL: [Counter; 27] = [
         Counter::UpstreamInjected,
         Counter::UpstreamTokenMissing,
         Counter::HeaderInjected,
@@ -79,6 +89,9 @@ impl Counter {
         Counter::HandoffAccepted,
         Counter::HandoffRejected,
         Counter::HandoffMissing,
+        Counter::McpToolError,
+        Counter::McpUrlElicitation,
+        Counter::McpInputRequired,
         Counter::Rerun,
         Counter::HostError,
         Counter::ConfigRejected,
@@ -107,6 +120,9 @@ impl Counter {
             Counter::HandoffAccepted => "outgoing_auth.handoff.accepted",
             Counter::HandoffRejected => "outgoing_auth.handoff.rejected",
             Counter::HandoffMissing => "outgoing_auth.handoff.missing",
+            Counter::McpToolError => "outgoing_auth.mcp.tool_error",
+            Counter::McpUrlElicitation => "outgoing_auth.mcp.url_elicitation",
+            Counter::McpInputRequired => "outgoing_auth.mcp.input_required",
             Counter::Rerun => "outgoing_auth.rerun",
             Counter::HostError => "outgoing_auth.host_error",
             Counter::ConfigRejected => "outgoing_auth.config.rejected",

@@ -56,6 +56,9 @@ pub enum Rule {
     /// `handoff`: an unknown mode, a bad header, a short key, or what an issuing instance
     /// would never do (apply strategies, remove credentials) or could not (hand off nothing).
     S17,
+    /// `missingToken`: a challenge value, connect URL or message that cannot be sent, or a
+    /// connect URL for a provider that is not configured.
+    S18,
     /// Warning: a client secret is written inline in the configuration.
     W01,
     /// Warning: `tokenExchange.cluster` is not set; the tokenUrl's host names the cluster.
@@ -63,7 +66,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 23] = [
+    pub const ALL: [Rule; 24] = [
         Rule::V01,
         Rule::V02,
         Rule::V05,
@@ -85,6 +88,7 @@ impl Rule {
         Rule::S15,
         Rule::S16,
         Rule::S17,
+        Rule::S18,
         Rule::W01,
         Rule::W02,
     ];
@@ -112,6 +116,7 @@ impl Rule {
             Rule::S15 => "S-15",
             Rule::S16 => "S-16",
             Rule::S17 => "S-17",
+            Rule::S18 => "S-18",
             Rule::W01 => "W-01",
             Rule::W02 => "W-02",
         }

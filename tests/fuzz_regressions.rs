@@ -80,6 +80,11 @@ fn providers_summary_inputs() {
     replay("providers_summary", checks::providers_summary);
 }
 
+#[test]
+fn mcp_answers_inputs() {
+    replay("mcp_answers", checks::mcp_answers);
+}
+
 // ---- Bugs the fuzzers found, pinned by name as well as by their inputs above.
 
 /// config_load: an unknown field's name went into the problem's JSON path unquoted, so a name

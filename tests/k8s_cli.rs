@@ -2392,3 +2392,426 @@ fn token_location_without_upstreams_is_an_error() {
     .failed();
     assert!(out.stderr.contains("--upstreams"), "{}", out.stderr);
 }
+
+// ---------------------------------------------------------------------------------------------
+// -o envoy --mcp-router: the issuing and the accepting instance of envoy/mcp-router.yaml
+
+/// A token exchange of the client's own bearer token: no subjectProviderName.
+fn client_sts() -> Value {
+    resource(
+        "client-sts",
+        json!({"type": "tokenExchange", "tokenExchange": {
+            "tokenUrl": "https://sts.corp.example/oauth2/token",
+            "clientId": "reports-gateway",
+            "clientSecretRef": {"name": "client-sts", "key": "secret"},
+            "audience": "https://reports.example"
+        }}),
+    )
+}
+
+/// The two entries of `-o envoy --mcp-router`: (issuing, accepting), each parsed from its own
+/// YAML document, an `http_filters` list of one entry.
+fn mcp_router_entries(stdout: &str) -> (Value, Value) {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(stdout)
+        .unwrap_or_else(|e| panic!("not multi-document YAML ({e}):\n{stdout}"));
+    assert_eq!(docs.len(), 2, "{stdout}");
+    for d in &docs {
+        assert_eq!(d.as_array().unwrap().len(), 1, "{stdout}");
+    }
+    (docs[0][0].clone(), docs[1][0].clone())
+}
+
+/// The filter config inside an `http_filters` entry.
+fn entry_config(entry: &Value) -> String {
+    entry["typed_config"]["config"]["configuration"]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn host_env_keys(entry: &Value) -> Value {
+    entry["typed_config"]["config"]["vm_config"]["environment_variables"]["host_env_keys"].clone()
+}
+
+fn binary_ok(args: &[&str]) -> (String, String) {
+    let out = binary(args, "");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    (String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
+#[test]
+fn mcp_router_output_is_the_issuing_and_the_accepting_instance() {
+    let dir = tmp_dir("mcp-router");
+    let extra = write(&dir, "client-sts.yaml", &yaml_docs(&[client_sts()]));
+    let args = [
+        "convert",
+        "-f",
+        "k8s/examples",
+        "-f",
+        &extra,
+        "--backend",
+        "reports=client-sts",
+    ];
+    let (filter, _) = binary_ok(&args);
+    let filter: Value = serde_json::from_str(&filter).unwrap();
+    let (stdout, stderr) = binary_ok(&[&args[..], &["-o", "envoy", "--mcp-router"][..]].concat());
+    let (issuing, accepting) = mcp_router_entries(&stdout);
+    let envs = [
+        "TOOLHIVE_HEADER_INJECTION_VALUE_INTERNAL_API",
+        "TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET_CLIENT_STS",
+        "TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET_CORP_STS",
+    ];
+
+    // The issuing instance: authServer and the hand-off, the client's bearer too because
+    // backend "reports" exchanges it; no strategy, no variable.
+    let json = entry_config(&issuing);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        v,
+        json!({"authServer": filter["authServer"], "handoff": {"mode": "issue", "clientBearer": true}})
+    );
+    assert!(v.get("outgoingAuth").is_none());
+    assert!(issuing["typed_config"]["config"]["vm_config"]
+        .get("environment_variables")
+        .is_none());
+    let c = loads(&json, &[]);
+    assert_eq!(
+        c.handoff.unwrap().mode,
+        config::HandoffMode::Issue {
+            client_bearer: true
+        }
+    );
+    assert!(c.outgoing_auth.backends.is_empty() && c.outgoing_auth.default.is_none());
+
+    // The accepting instance: the whole converted config, plus accept and clusterName.
+    let json = entry_config(&accepting);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["handoff"], json!({"mode": "accept"}));
+    assert_eq!(v["backendNameSources"], json!(["clusterName"]));
+    assert_eq!(v["authServer"], filter["authServer"]);
+    assert_eq!(v["outgoingAuth"], filter["outgoingAuth"]);
+    assert_eq!(v.as_object().unwrap().len(), 4, "{json}");
+    assert_eq!(
+        v["outgoingAuth"]["backends"]["corp-api"]["tokenExchange"]["subjectProviderName"],
+        "corporate-idp"
+    );
+    assert!(v["outgoingAuth"]["backends"]["reports"]["tokenExchange"]
+        .get("subjectProviderName")
+        .is_none());
+    assert_eq!(host_env_keys(&accepting), json!(envs));
+    let c = loads(&json, &envs);
+    assert_eq!(c.handoff.unwrap().mode, config::HandoffMode::Accept);
+    assert_eq!(
+        c.backend_name_sources,
+        vec![config::BackendNameSource::ClusterName]
+    );
+    assert_eq!(c.outgoing_auth.backends.len(), 4);
+    // The variables are the accepting instance's: without them it does not load.
+    assert!(config::load(json.as_bytes(), &|_: &str| None).is_err());
+
+    // The comments say where each goes and what mcp_router needs.
+    for line in [
+        "# 1. The issuing instance: in the listener's http_filters, after the auth filter",
+        "# 2. The accepting instance: in every backend cluster's",
+        "#    http_filters, before envoy.filters.http.upstream_codec; one config for every cluster.",
+        "# Both have vm_config.vm_id outgoing_auth, so they share the key that seals the hand-off",
+        "# name the backend clusters corp-api, github-mcp, internal, reports (other clusters get the default strategy).",
+        "# clientBearer: true: the token exchange of backend \"reports\" takes the client's own bearer token as",
+        "# Every mcp_router server's header_forwarding must allow x-outgoing-auth-handoff (mcp_router",
+        "#     header_forwarding: {allowed_headers: {patterns: [{exact: x-outgoing-auth-handoff}]}}",
+        "# Leave mcp_router's lazy_initialization off on Envoy 1.40: with it on,",
+        "#    It seals the user's upstream tokens and the client's bearer token into the x-outgoing-auth-handoff header.",
+        "#   - name: TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET_CLIENT_STS",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line}\n{stdout}");
+    }
+    // The header_forwarding snippet is YAML mcp_router takes.
+    let snippet: String = stdout
+        .lines()
+        .skip_while(|l| *l != "#   servers:")
+        .take(4)
+        .map(|l| format!("{}\n", &l[4..]))
+        .collect();
+    let servers: Value = serde_saphyr::from_str(&snippet).unwrap();
+    assert_eq!(
+        servers["servers"][0]["header_forwarding"],
+        json!({"allowed_headers": {"patterns": [{"exact": "x-outgoing-auth-handoff"}]}})
+    );
+    assert_eq!(servers["servers"][0]["mcp_cluster"]["cluster"], "corp-api");
+    assert!(!stderr.contains("error"), "{stderr}");
+}
+
+#[test]
+fn mcp_router_without_a_client_bearer_exchange_hands_off_only_the_upstream_tokens() {
+    let (stdout, _) = binary_ok(&[
+        "convert",
+        "-f",
+        "k8s/examples/upstream-inject.yaml",
+        "-f",
+        "k8s/examples/token-exchange.yaml",
+        "--backend",
+        "github-mcp=github",
+        "--backend",
+        "corp-mcp=corp-sts",
+        "--upstreams",
+        "github,corporate-idp",
+        "--key-prefix",
+        "x-upstream-token-",
+        "-o",
+        "envoy",
+        "--mcp-router",
+    ]);
+    let (issuing, accepting) = mcp_router_entries(&stdout);
+    let v: Value = serde_json::from_str(&entry_config(&issuing)).unwrap();
+    assert_eq!(v["handoff"], json!({"mode": "issue"}));
+    assert_eq!(
+        v["authServer"],
+        json!({"upstreams": ["github", "corporate-idp"], "tokens": {"keyPrefix": "x-upstream-token-"}})
+    );
+    let c = loads(&entry_config(&issuing), &[]);
+    assert_eq!(
+        c.handoff.unwrap().mode,
+        config::HandoffMode::Issue {
+            client_bearer: false
+        }
+    );
+    assert!(!stdout.contains("clientBearer"));
+    assert_eq!(
+        host_env_keys(&accepting),
+        json!(["TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET_CORP_STS"])
+    );
+    loads(
+        &entry_config(&accepting),
+        &["TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET_CORP_STS"],
+    );
+}
+
+#[test]
+fn mcp_router_with_only_a_client_bearer_exchange_needs_no_auth_server() {
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "-",
+            "--default",
+            "client-sts",
+            "-o",
+            "envoy",
+            "--mcp-router",
+        ],
+        &yaml_docs(&[client_sts()]),
+    )
+    .ok();
+    let (issuing, accepting) = mcp_router_entries(&out.stdout);
+    let v: Value = serde_json::from_str(&entry_config(&issuing)).unwrap();
+    assert_eq!(
+        v,
+        json!({"handoff": {"mode": "issue", "clientBearer": true}})
+    );
+    loads(&entry_config(&issuing), &[]);
+    loads(
+        &entry_config(&accepting),
+        &["TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET_CLIENT_STS"],
+    );
+    assert!(out.stdout.contains(
+        "# clientBearer: true: the token exchange of the default strategy takes the client's own bearer token as"
+    ));
+    assert!(out
+        .stdout
+        .contains("# no backend is named: every cluster gets the default strategy."));
+}
+
+#[test]
+fn mcp_router_with_nothing_to_hand_off_fails() {
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            &repo("k8s/examples/header-injection.yaml"),
+            "--backend",
+            "internal=internal-api",
+            "-o",
+            "envoy",
+            "--mcp-router",
+        ],
+        "",
+    )
+    .failed();
+    assert!(
+        out.stderr.starts_with(
+            "error: --mcp-router: the issuing instance would have nothing to hand off: there is no authServer"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("hint: pass --upstreams"));
+}
+
+#[test]
+fn mcp_router_is_for_the_envoy_output_only() {
+    for format in [
+        &[][..],
+        &["-o", "filter"][..],
+        &["-o", "istio", "--wasm", "oci://r.example/m:1"][..],
+        &[
+            "-o",
+            "envoy-gateway",
+            "--wasm",
+            "oci://r.example/m:1",
+            "--target-ref",
+            "Gateway/g",
+        ][..],
+    ] {
+        let mut args = vec!["convert", "-f", "k8s/examples", "--mcp-router"];
+        args.extend(format);
+        let out = cli(&args, "");
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert_eq!(out.stdout, "");
+        assert!(
+            out.stderr.starts_with(
+                "error: --mcp-router is for --output envoy: `-o envoy --mcp-router` prints"
+            ),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("`outgoing-auth convert --help`"));
+    }
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            "k8s/examples",
+            "-o",
+            "envoy",
+            "--mcp-router=yes",
+        ],
+        "",
+    );
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.starts_with("error: --mcp-router takes no value"));
+}
+
+/// `v` with the parts that differ per deployment blanked: the filter config and its variables.
+fn entry_shape(entry: &Value) -> Value {
+    let mut e = entry.clone();
+    let config = &mut e["typed_config"]["config"];
+    config["configuration"]["value"] = json!("...");
+    if let Some(env) = config["vm_config"].get_mut("environment_variables") {
+        env["host_env_keys"] = json!(["..."]);
+    }
+    e
+}
+
+fn keys(json: &str) -> Vec<String> {
+    let v: Value = serde_json::from_str(json).unwrap();
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+#[test]
+fn mcp_router_entries_slot_into_envoy_mcp_router_yaml() {
+    let file: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(repo("envoy/mcp-router.yaml")).unwrap())
+            .unwrap();
+    let resources = &file["static_resources"];
+    let filters = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"]
+        .as_array()
+        .unwrap();
+    let names: Vec<&str> = filters
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.ext_authz",
+            "envoy.filters.http.mcp",
+            "envoy.filters.http.wasm",
+            "envoy.filters.http.mcp_router"
+        ]
+    );
+    let file_issuing = &filters[2];
+    let cluster = resources["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "github-mcp")
+        .unwrap();
+    let cluster_filters = cluster["typed_extension_protocol_options"]
+        ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        cluster_filters[1]["name"],
+        "envoy.filters.http.upstream_codec"
+    );
+    let file_accepting = &cluster_filters[0];
+
+    // The same backends as the file, from resources.
+    let dir = tmp_dir("mcp-router-shape");
+    let internal = resource(
+        "internal-api",
+        json!({"type": "headerInjection", "headerInjection": {
+            "headerName": "X-API-Key", "valueSecretRef": {"name": "internal-api-key", "key": "api-key"}}}),
+    );
+    let corp = corp_sts(json!({"subjectProviderName": "corporate-idp"}));
+    let input = write(&dir, "in.yaml", &yaml_docs(&[github(), corp, internal]));
+    let (stdout, _) = binary_ok(&[
+        "convert",
+        "-f",
+        &input,
+        "--backend",
+        "github-mcp=github",
+        "--backend",
+        "corp-mcp=corp-sts",
+        "--backend",
+        "internal-mcp=internal-api",
+        "--upstreams",
+        "github,corporate-idp",
+        "--metadata-namespace",
+        "envoy.filters.http.ext_authz",
+        "--key-prefix",
+        "x-upstream-token-",
+        "-o",
+        "envoy",
+        "--mcp-router",
+    ]);
+    let (issuing, accepting) = mcp_router_entries(&stdout);
+    // Everything but the filter config and the variable names is the file's: the same @types,
+    // module, vm_id (so the two share the sealing key), failure policy.
+    assert_eq!(entry_shape(&issuing), entry_shape(file_issuing));
+    assert_eq!(entry_shape(&accepting), entry_shape(file_accepting));
+    for e in [&issuing, &accepting] {
+        assert_eq!(
+            e["typed_config"]["config"]["vm_config"]["vm_id"],
+            "outgoing_auth"
+        );
+    }
+    // And the configs have the file's fields, with the same hand-off and token location.
+    let (ours, theirs) = (entry_config(&issuing), entry_config(file_issuing));
+    assert_eq!(keys(&ours), keys(&theirs));
+    let (o, t): (Value, Value) = (
+        serde_json::from_str(&ours).unwrap(),
+        serde_json::from_str(&theirs).unwrap(),
+    );
+    assert_eq!(o, t, "the issuing instance is the file's");
+    let (ours, theirs) = (entry_config(&accepting), entry_config(file_accepting));
+    assert_eq!(keys(&ours), keys(&theirs));
+    let (o, t): (Value, Value) = (
+        serde_json::from_str(&ours).unwrap(),
+        serde_json::from_str(&theirs).unwrap(),
+    );
+    for k in ["authServer", "handoff", "backendNameSources"] {
+        assert_eq!(o[k], t[k], "{k}");
+    }
+    let backends = |v: &Value| -> Vec<(String, Value)> {
+        v["outgoingAuth"]["backends"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, b)| (k.clone(), b["type"].clone()))
+            .collect()
+    };
+    assert_eq!(backends(&o), backends(&t));
+}

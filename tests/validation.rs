@@ -1243,3 +1243,82 @@ fn toolhives_outgoing_auth_examples_paste_in_as_is() {
         == "outgoingAuth.backends[\"corporate-api\"].tokenExchange.cluster"
         && w.message.contains("\"sts.corp.example.com\"")));
 }
+
+// ---- missingToken (S-18)
+
+fn with_missing_token(block: Value) -> Value {
+    json!({ "authServer": { "upstreams": ["github"] }, "missingToken": block,
+            "outgoingAuth": { "default": inject("github") } })
+}
+
+#[test]
+fn s18_a_missing_token_block_is_loaded_as_written() {
+    let loaded = load(&with_missing_token(json!({
+        "resourceMetadata": "https://gw.example/.well-known/oauth-protected-resource",
+        "scope": "mcp:tools read",
+        "connectUrls": { "github": "https://gw.example/connect/{provider}?e={elicitationId}" },
+        "message": "Please connect {provider}.",
+        "readBody": true
+    })))
+    .unwrap();
+    let m = loaded.config.missing_token;
+    assert_eq!(
+        m.challenge.resource_metadata.as_deref(),
+        Some("https://gw.example/.well-known/oauth-protected-resource")
+    );
+    assert_eq!(m.challenge.scope.as_deref(), Some("mcp:tools read"));
+    assert_eq!(m.connect_urls.len(), 1);
+    assert_eq!(m.message, "Please connect {provider}.");
+    assert!(m.read_body);
+    let default = load(&with_missing_token(json!({})))
+        .unwrap()
+        .config
+        .missing_token;
+    assert_eq!(
+        default.message,
+        "Connect your {provider} account to use this tool."
+    );
+    assert!(!default.read_body && default.connect_urls.is_empty());
+}
+
+#[test]
+fn s18_refuses_what_cannot_be_sent() {
+    for (block, path, why) in [
+        (
+            json!({ "resourceMetadata": "https://gw.example/\"x" }),
+            "missingToken.resourceMetadata",
+            "resourceMetadata",
+        ),
+        (
+            json!({ "scope": "two  spaces" }),
+            "missingToken.scope",
+            "scope",
+        ),
+        (
+            json!({ "message": "no placeholder" }),
+            "missingToken.message",
+            "message",
+        ),
+        (
+            json!({ "connectUrls": { "slack": "https://gw.example/{provider}" } }),
+            "missingToken.connectUrls.slack",
+            "not in authServer.upstreams",
+        ),
+        (
+            json!({ "connectUrls": { "github": "ftp://gw.example/{provider}" } }),
+            "missingToken.connectUrls.github",
+            "connect URL",
+        ),
+    ] {
+        let msg = only_error(&with_missing_token(block), Rule::S18, path);
+        assert!(msg.contains(why), "{msg}");
+    }
+}
+
+#[test]
+fn s18_read_body_is_refused_behind_mcp_router() {
+    let v = json!({ "authServer": { "upstreams": ["github"] }, "handoff": { "mode": "accept" },
+                    "missingToken": { "readBody": true }, "outgoingAuth": { "default": inject("github") } });
+    let msg = only_error(&v, Rule::S18, "missingToken.readBody");
+    assert!(msg.contains("mcp_router"), "{msg}");
+}

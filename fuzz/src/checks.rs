@@ -1213,3 +1213,108 @@ pub fn providers_summary(data: &[u8]) {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// mcp_answers: `mcp::classify`, `decide`, the answer builders, the templates, the 401 challenge
+
+/// Input: body `0xFF` header `0xFF` URL template `0xFF` message template `0xFF` provider `0xFF`
+/// elicitation id `0xFF` scope `0xFF` resource_metadata. The body is the raw bytes before the
+/// first `0xFF` (so it may be any non-UTF-8 that has no `0xFF`).
+pub fn mcp_answers(data: &[u8]) {
+    use outgoing_auth::error::{self, ChallengeParams};
+    use outgoing_auth::mcp::{self, Answer, Body, Offer, ProtocolVersion, UrlElicitation};
+
+    let raw_body = data.split(|&b| b == 0xff).next().unwrap_or_default();
+    let p = parts(data);
+    let (header, url_t, msg_t) = (part(&p, 1), part(&p, 2), part(&p, 3));
+    let (provider, elicitation_id) = (part(&p, 4), part(&p, 5));
+
+    let body = mcp::classify(raw_body);
+    if raw_body.len() > mcp::MAX_BODY_BYTES {
+        assert_eq!(body, Body::TooLarge);
+    }
+    if let Body::Request(request) = &body {
+        // The id is an integer literal or a JSON string, exactly a slice of the body.
+        let id = request.id.as_json();
+        assert!(contains(raw_body, id.as_bytes()));
+        let parsed: Value = serde_json::from_str(id).unwrap();
+        assert_eq!(parsed.is_string(), request.id.is_string());
+        assert!(
+            parsed.is_string()
+                || id
+                    .strip_prefix('-')
+                    .unwrap_or(id)
+                    .bytes()
+                    .all(|c| c.is_ascii_digit()),
+            "id {id}"
+        );
+    }
+
+    let version = ProtocolVersion::from_header((p.len() > 1).then_some(header.as_bytes()));
+    if p.len() > 1 {
+        if let Some(name) = version.as_str() {
+            assert_eq!(name, header.trim_matches(|c: char| c.is_ascii_whitespace()));
+        }
+    } else {
+        assert_eq!(version, ProtocolVersion::ASSUMED);
+    }
+
+    // Templates: a filled URL is URL characters only, no brace, within the limit; a message has
+    // no control character.
+    if let Ok(url) = mcp::connect_url(url_t, provider, elicitation_id) {
+        assert!(mcp::url_template_problem(url_t).is_none());
+        assert!(url.len() <= mcp::MAX_URL_BYTES);
+        assert!(
+            url.bytes()
+                .all(|c| c.is_ascii_graphic() && !b"\"\\{}<>^`| ".contains(&c)),
+            "{url:?}"
+        );
+        let lower = url.to_ascii_lowercase();
+        assert!(lower.starts_with("https://") || lower.starts_with("http://"));
+    }
+    let message = mcp::connect_message(msg_t, provider)
+        .unwrap_or_else(|_| mcp::connect_message(mcp::DEFAULT_MESSAGE_TEMPLATE, "p").unwrap());
+    assert!(!message.chars().any(char::is_control));
+    assert!(message.len() <= mcp::MAX_MESSAGE_BYTES);
+
+    let elicitation = UrlElicitation::new(url_t, msg_t, provider, elicitation_id).ok();
+    for tool_error in [false, true] {
+        let offer = Offer {
+            provider,
+            message: &message,
+            tool_error,
+            elicitation: elicitation.as_ref(),
+        };
+        let answer = mcp::decide(&body, version, &offer);
+        let id = match (&answer, &body) {
+            (Answer::Unauthorized(_), _) => continue,
+            (_, Body::Request(request)) => request.id.as_json(),
+            (other, _) => panic!("{other:?} for a body that is no request"),
+        };
+        let reply = answer.reply(&offer).unwrap();
+        assert_eq!(reply.status, 200);
+        // The reply is JSON-RPC 2.0 for the request's id, byte for byte.
+        let start = format!(r#"{{"jsonrpc":"2.0","id":{id},"#);
+        assert!(reply.body.starts_with(&start), "{}", reply.body);
+        let value: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(value["jsonrpc"], "2.0");
+        assert!(value.get("result").is_some() != value.get("error").is_some());
+    }
+
+    // The 401 challenge: always a sendable header value with balanced quotes.
+    let params = ChallengeParams {
+        scope: (p.len() > 6).then(|| part(&p, 6).to_owned()),
+        resource_metadata: (p.len() > 7).then(|| part(&p, 7).to_owned()),
+    };
+    let challenge = error::bearer_challenge("invalid_token", "d", &params);
+    assert!(
+        http::header_value_problem(&challenge).is_none(),
+        "{challenge:?}"
+    );
+    let sent = [&params.scope, &params.resource_metadata]
+        .iter()
+        .filter(|v| v.is_some())
+        .count();
+    assert!(challenge.matches('"').count() <= 4 + 2 * sent);
+    assert_eq!(challenge.matches('"').count() % 2, 0);
+}

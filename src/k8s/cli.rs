@@ -115,6 +115,11 @@ Output:
                                envoy: an http_filters entry for an Envoy config
                                istio: an Istio WasmPlugin (extensions.istio.io/v1alpha1)
                                envoy-gateway: an Envoy Gateway EnvoyExtensionPolicy
+      --mcp-router             envoy only: the two entries behind Envoy's mcp_router, as two YAML
+                               documents: the issuing instance (handoff mode issue) for the
+                               listener's http_filters, before mcp and mcp_router, and the
+                               accepting one (handoff mode accept, the backend named by the
+                               cluster) for every backend cluster's http_filters
       --wasm <LOCATION>        The module (envoy default: /etc/envoy/outgoing_auth.wasm); by output:
                                  envoy: a file path or file:///PATH
                                  istio: oci://, https:// or file:///PATH; required
@@ -140,6 +145,7 @@ Examples:
   outgoing-auth convert -f k8s/examples/upstream-inject.yaml --backend github-mcp=github \\
     --upstreams github
   outgoing-auth convert -f k8s/examples/ -o envoy
+  outgoing-auth convert -f k8s/examples/ -o envoy --mcp-router
   kubectl get mcpexternalauthconfigs,virtualmcpservers -o yaml | outgoing-auth convert -f - \\
     -o istio --wasm oci://registry.example.com/outgoing-auth:0.1.0 --selector app=mcp-gateway
   outgoing-auth convert -f k8s/examples/token-exchange.yaml --default corp-sts \\
@@ -669,6 +675,10 @@ fn convert_command(args: &[String], io: &mut Io<'_>) -> i32 {
                         )
                     })?;
                 }
+                Arg::Flag(f @ "--mcp-router", v) => {
+                    no_value(f, v)?;
+                    opts.mcp_router = true;
+                }
                 Arg::Flag(f @ "--wasm", v) => out.wasm = Some(parsed.value(f, v)?.to_owned()),
                 Arg::Flag(f @ "--sha256", v) => {
                     let sha = parsed.value(f, v)?;
@@ -732,6 +742,9 @@ fn convert_command(args: &[String], io: &mut Io<'_>) -> i32 {
             "--selector and --phase are for --output istio",
             CONVERT_HELP,
         );
+    }
+    if opts.mcp_router && out.format != Format::Envoy {
+        return usage_error(io, output::MCP_ROUTER_NEEDS_ENVOY, CONVERT_HELP);
     }
     if out.format != Format::EnvoyGateway && !out.target_refs.is_empty() {
         return usage_error(

@@ -36,6 +36,9 @@ pub struct Options {
     pub sts_cluster_for: BTreeMap<String, String>,
     /// How a token exchange's cluster is named when no `--sts-cluster` says.
     pub cluster_naming: ClusterNaming,
+    /// `--mcp-router`: also make (and check) the two configs of the hand-off across Envoy's
+    /// mcp_router ([`McpRouter`]).
+    pub mcp_router: bool,
 }
 
 /// The default Envoy cluster name of a token exchange's STS.
@@ -138,6 +141,49 @@ pub struct TokenExchangeOut {
     pub subject_provider_name: Option<String>,
 }
 
+/// `handoff` of a generated config.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandoffOut {
+    /// `issue` or `accept`.
+    pub mode: &'static str,
+    /// Written only when true (the filter's default is false; an accepting instance refuses it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub client_bearer: bool,
+}
+
+/// The issuing instance's config (`--mcp-router`): the listener's, before mcp_router. It applies
+/// no strategy, so it has no `outgoingAuth` (S-17) and reads no environment variable.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuingConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_server: Option<AuthServerOut>,
+    pub handoff: HandoffOut,
+}
+
+/// The accepting instance's config (`--mcp-router`): every backend cluster's, the backend named
+/// by the cluster. The converted config plus `handoff` and `backendNameSources`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptingConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_server: Option<AuthServerOut>,
+    pub handoff: HandoffOut,
+    pub backend_name_sources: Vec<&'static str>,
+    pub outgoing_auth: OutgoingAuthOut,
+}
+
+/// The two instances of the module behind Envoy's mcp_router, made from one conversion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpRouter {
+    pub issuing: IssuingConfig,
+    pub accepting: AcceptingConfig,
+    /// Who exchanges the client's own bearer token (no `subjectProviderName`), the reason for
+    /// `clientBearer`: `backend "x"` or `the default strategy`.
+    pub client_bearer_for: Vec<String>,
+}
+
 /// An environment variable the filter reads, and the Secret key that must fill it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SecretEnv {
@@ -166,12 +212,14 @@ pub struct Conversion {
     pub clusters: Vec<StsCluster>,
     /// The files the resources came from, in order.
     pub files: Vec<String>,
+    /// The mcp_router pair, with `--mcp-router`.
+    pub mcp_router: Option<McpRouter>,
     /// Warnings and notes (a successful conversion has no errors).
     pub diagnostics: Vec<Diagnostic>,
 }
 
 /// The filter config's JSON, as Envoy gets it.
-pub fn to_json(config: &FilterConfig) -> String {
+pub fn to_json(config: &impl Serialize) -> String {
     serde_json::to_string_pretty(config).unwrap_or_default()
 }
 
@@ -844,13 +892,25 @@ pub fn convert(resources: &[Resource], opts: &Options) -> Result<Conversion, Vec
             diags.push(Diagnostic::note("", line.text));
         }
     };
-    match config::load(json.as_bytes(), &env) {
-        Ok(loaded) => report_diags(&loaded.warnings, &mut diags),
+    let warnings = match config::load(json.as_bytes(), &env) {
+        Ok(loaded) => {
+            report_diags(&loaded.warnings, &mut diags);
+            loaded.warnings
+        }
         Err(report) => {
             report_diags(&report, &mut diags);
             return Err(diags);
         }
-    }
+    };
+    let mcp_router = if opts.mcp_router {
+        let seen: BTreeSet<String> = warnings.iter().map(|p| p.to_string()).collect();
+        match mcp_router(&config, &env, &seen, &mut diags) {
+            Some(pair) => Some(pair),
+            None => return Err(diags),
+        }
+    } else {
+        None
+    };
 
     if let Some(u) = &upstreams {
         for (backend, (s, origin)) in &backends {
@@ -876,8 +936,99 @@ pub fn convert(resources: &[Resource], opts: &Options) -> Result<Conversion, Vec
         secrets: secrets.into_values().collect(),
         clusters: clusters.into_iter().collect(),
         files,
+        mcp_router,
         diagnostics: diags,
     })
+}
+
+/// The mcp_router pair made from a checked `config`: the issuing instance hands off the upstream
+/// tokens (and the client's bearer when a token exchange uses it as its subject: mcp_router does
+/// not forward it), the accepting one applies the strategies. Both go through the filter's
+/// startup validation; `None` when one fails (its problems are in `diags`). Warnings already
+/// reported for the converted config (`seen`) are not repeated.
+fn mcp_router(
+    config: &FilterConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    seen: &BTreeSet<String>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<McpRouter> {
+    let strategies = config
+        .outgoing_auth
+        .default
+        .iter()
+        .map(|s| ("the default strategy".to_owned(), s))
+        .chain(
+            config
+                .outgoing_auth
+                .backends
+                .iter()
+                .map(|(name, s)| (format!("backend {}", quote(name)), s)),
+        );
+    let client_bearer_for: Vec<String> = strategies
+        .filter(|(_, s)| {
+            s.token_exchange
+                .as_ref()
+                .is_some_and(|x| x.subject_provider_name.is_none())
+        })
+        .map(|(who, _)| who)
+        .collect();
+    let pair = McpRouter {
+        issuing: IssuingConfig {
+            auth_server: config.auth_server.clone(),
+            handoff: HandoffOut {
+                mode: "issue",
+                client_bearer: !client_bearer_for.is_empty(),
+            },
+        },
+        accepting: AcceptingConfig {
+            auth_server: config.auth_server.clone(),
+            handoff: HandoffOut {
+                mode: "accept",
+                client_bearer: false,
+            },
+            backend_name_sources: vec![config::BackendNameSource::ClusterName.name()],
+            outgoing_auth: config.outgoing_auth.clone(),
+        },
+        client_bearer_for,
+    };
+    if pair.issuing.auth_server.is_none() && !pair.issuing.handoff.client_bearer {
+        diags.push(
+            Diagnostic::error(
+                "--mcp-router",
+                "the issuing instance would have nothing to hand off: there is no authServer \
+                 (the user's upstream tokens) and no token exchange of the client's own bearer \
+                 token",
+            )
+            .with_hint(
+                "pass --upstreams if the auth filter writes upstream tokens; backends that only \
+                 use headerInjection or unauthenticated need no hand-off: without --mcp-router, \
+                 -o envoy prints an entry that also works in each backend cluster's http_filters",
+            ),
+        );
+        return None;
+    }
+    let mut failed = false;
+    for (which, json) in [
+        ("the issuing instance", to_json(&pair.issuing)),
+        ("the accepting instance", to_json(&pair.accepting)),
+    ] {
+        let (report, ok) = match config::load(json.as_bytes(), env) {
+            Ok(loaded) => (loaded.warnings, true),
+            Err(report) => (report, false),
+        };
+        failed |= !ok;
+        let origin = format!("--mcp-router ({which})");
+        diags.extend(
+            report
+                .iter()
+                .filter(|p| !p.rule.is_warning() || !seen.contains(&p.to_string()))
+                .map(|p| problem_diagnostic(p, origin.clone(), None)),
+        );
+        if let Some(line) = report.omitted_line() {
+            diags.push(Diagnostic::note("", line.text));
+        }
+    }
+    (!failed).then_some(pair)
 }
 
 /// `a,b,c` as `--upstreams` takes it, the first few only when there are many.

@@ -8,7 +8,7 @@
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
-use super::convert::{to_json, Conversion, FilterConfig};
+use super::convert::{to_json, Conversion, FilterConfig, McpRouter};
 use super::diag::{quote, Diagnostic};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,8 +221,206 @@ fn metadata<'a>(opts: &'a Options) -> Node<'a> {
     Node::Map(m)
 }
 
+/// The usage error of `--mcp-router` with another output format than envoy.
+pub const MCP_ROUTER_NEEDS_ENVOY: &str = "--mcp-router is for --output envoy: `-o envoy \
+     --mcp-router` prints the two http_filters entries of an Envoy config with mcp_router (the \
+     listener's issuing instance and the backend clusters' accepting one)";
+
+const STS_CLUSTER_ADVICE: &str =
+    "Define each under static_resources.clusters (with TLS for https).";
+
+/// An `http_filters` entry that loads the module with `configuration` (the filter's JSON).
+fn envoy_entry<'a>(filename: &str, env_keys: Vec<Node<'a>>, configuration: String) -> Node<'a> {
+    let mut vm = vec![
+        ("vm_id", string(VM_ID)),
+        ("runtime", string("envoy.wasm.runtime.v8")),
+        (
+            "code",
+            Node::Map(vec![(
+                "local",
+                Node::Map(vec![("filename", string(filename))]),
+            )]),
+        ),
+    ];
+    if !env_keys.is_empty() {
+        vm.push((
+            "environment_variables",
+            Node::Map(vec![("host_env_keys", Node::Seq(env_keys))]),
+        ));
+    }
+    Node::Map(vec![
+        ("name", string("envoy.filters.http.wasm")),
+        (
+            "typed_config",
+            Node::Map(vec![
+                (
+                    "@type",
+                    string("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"),
+                ),
+                (
+                    "config",
+                    Node::Map(vec![
+                        ("name", string("outgoing_auth")),
+                        ("root_id", string("")),
+                        ("vm_config", Node::Map(vm)),
+                        (
+                            "configuration",
+                            Node::Map(vec![
+                                (
+                                    "@type",
+                                    string("type.googleapis.com/google.protobuf.StringValue"),
+                                ),
+                                ("value", string(configuration)),
+                            ]),
+                        ),
+                        ("failure_policy", string("FAIL_CLOSED")),
+                    ]),
+                ),
+            ]),
+        ),
+    ])
+}
+
+/// The `vm_config.vm_id` of every entry `-o envoy` prints: instances of one vm_id share data,
+/// which is how the mcp_router pair shares its sealing key.
+pub const VM_ID: &str = "outgoing_auth";
+
+/// `-o envoy --mcp-router`: the comment header, then two YAML documents, each an `http_filters`
+/// list of one entry (as `-o envoy` prints one) under a comment that says where it goes: the
+/// issuing instance, then the accepting one.
+fn mcp_router_yaml(
+    conv: &Conversion,
+    pair: &McpRouter,
+    filename: &str,
+) -> Result<String, Diagnostic> {
+    let env_keys = conv.secrets.iter().map(|s| string(s.env.clone())).collect();
+    let issuing = Node::Seq(vec![envoy_entry(
+        filename,
+        Vec::new(),
+        to_json(&pair.issuing),
+    )]);
+    let accepting = Node::Seq(vec![envoy_entry(
+        filename,
+        env_keys,
+        to_json(&pair.accepting),
+    )]);
+    let yaml = |n: &Node| serde_saphyr::to_string(n).map_err(|e| usage(&e.to_string()));
+    let how = [
+        "Only the accepting instance reads them: its vm_config lists them in",
+        "environment_variables.host_env_keys. Envoy's process needs them in its environment;",
+        "in a Pod, the Envoy container's env:",
+    ]
+    .map(str::to_owned);
+    let header = header(
+        conv,
+        &how,
+        &[STS_CLUSTER_ADVICE.to_owned()],
+        &mcp_router_comment(pair),
+    );
+    let header_value = crate::handoff::DEFAULT_HEADER;
+    let issuing_comment = comment_block(&[
+        "1. The issuing instance: in the listener's http_filters, after the auth filter".to_owned(),
+        "   (ext_authz, ...) and envoy.filters.http.mcp, before envoy.filters.http.mcp_router."
+            .to_owned(),
+        format!(
+            "   It seals {} into the {header_value} header.",
+            match (
+                pair.issuing.auth_server.is_some(),
+                pair.issuing.handoff.client_bearer
+            ) {
+                (true, true) => "the user's upstream tokens and the client's bearer token",
+                (false, _) => "the client's bearer token",
+                (true, false) => "the user's upstream tokens",
+            }
+        ),
+    ]);
+    let accepting_comment = comment_block(&[
+        "2. The accepting instance: in every backend cluster's".to_owned(),
+        "   typed_extension_protocol_options.envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+            .to_owned(),
+        "   http_filters, before envoy.filters.http.upstream_codec; one config for every cluster."
+            .to_owned(),
+        "   It opens the hand-off and applies the strategy of the backend its cluster names."
+            .to_owned(),
+    ]);
+    Ok(format!(
+        "{header}---\n{issuing_comment}{}---\n{accepting_comment}{}",
+        yaml(&issuing)?,
+        yaml(&accepting)?
+    ))
+}
+
+/// What the header says about the mcp_router layout: the shared vm_id, the cluster names, why
+/// `clientBearer`, `header_forwarding` (with a snippet) and `lazy_initialization`.
+fn mcp_router_comment(pair: &McpRouter) -> Vec<String> {
+    let header = crate::handoff::DEFAULT_HEADER;
+    let mut out = vec![
+        "Behind envoy.filters.http.mcp_router (README \"Behind mcp_router\"; envoy/mcp-router.yaml"
+            .to_owned(),
+        "is a complete example): two instances of the module, the two YAML documents below."
+            .to_owned(),
+        format!("Both have vm_config.vm_id {VM_ID}, so they share the key that seals the hand-off"),
+        "(random, made at startup): keep the vm_ids equal, or give both handoff.keyEnv (the same"
+            .to_owned(),
+        "secret of at least 32 bytes, listed in host_env_keys).".to_owned(),
+    ];
+    let backends: Vec<&str> = pair
+        .accepting
+        .outgoing_auth
+        .backends
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let others = if pair.accepting.outgoing_auth.default.is_some() {
+        "other clusters get the default strategy"
+    } else {
+        "other clusters get no strategy"
+    };
+    out.push(
+        "The accepting instance names the backend by its cluster (backendNameSources: clusterName):"
+            .to_owned(),
+    );
+    if backends.is_empty() {
+        out.push("no backend is named: every cluster gets the default strategy.".to_owned());
+    } else {
+        out.push(format!(
+            "name the backend clusters {} ({others}).",
+            backends.join(", ")
+        ));
+    }
+    if !pair.client_bearer_for.is_empty() {
+        out.push(format!(
+            "clientBearer: true: the token exchange of {} takes the client's own bearer token as",
+            pair.client_bearer_for.join(", ")
+        ));
+        out.push(
+            "its subject, and mcp_router does not forward it: the issuing instance hands it off too."
+                .to_owned(),
+        );
+    }
+    let cluster = backends.first().copied().unwrap_or("BACKEND_CLUSTER");
+    out.push(format!(
+        "Every mcp_router server's header_forwarding must allow {header} (mcp_router"
+    ));
+    out.push("forwards no client header it does not list), e.g.:".to_owned());
+    out.push("  servers:".to_owned());
+    out.push(format!("  - name: {cluster}"));
+    out.push(format!(
+        "    mcp_cluster: {{cluster: {cluster}, path: /mcp}}"
+    ));
+    out.push(format!(
+        "    header_forwarding: {{allowed_headers: {{patterns: [{{exact: {header}}}]}}}}"
+    ));
+    out.push("Leave mcp_router's lazy_initialization off on Envoy 1.40: with it on,".to_owned());
+    out.push("tools/list never answers.".to_owned());
+    out
+}
+
 /// Renders the conversion; an error is a usage problem of the output flags.
 pub fn render(conv: &Conversion, opts: &Options) -> Result<String, Diagnostic> {
+    if conv.mcp_router.is_some() && opts.format != Format::Envoy {
+        return Err(usage(MCP_ROUTER_NEEDS_ENVOY));
+    }
     let env_keys: Vec<Node> = conv.secrets.iter().map(|s| string(s.env.clone())).collect();
     let (doc, how_to_set_env, cluster_advice) = match opts.format {
         Format::Filter => return Ok(format!("{}\n", to_json(&conv.config))),
@@ -232,69 +430,18 @@ pub fn render(conv: &Conversion, opts: &Options) -> Result<String, Diagnostic> {
                 None => DEFAULT_ENVOY_WASM,
                 Some((_, w)) => w.strip_prefix("file://").unwrap_or(w),
             };
-            let mut vm = vec![
-                ("vm_id", string("outgoing_auth")),
-                ("runtime", string("envoy.wasm.runtime.v8")),
-                (
-                    "code",
-                    Node::Map(vec![(
-                        "local",
-                        Node::Map(vec![("filename", string(filename))]),
-                    )]),
-                ),
-            ];
-            if !env_keys.is_empty() {
-                vm.push((
-                    "environment_variables",
-                    Node::Map(vec![("host_env_keys", Node::Seq(env_keys))]),
-                ));
+            if let Some(pair) = &conv.mcp_router {
+                return mcp_router_yaml(conv, pair, filename);
             }
-            let entry = Node::Map(vec![
-                ("name", string("envoy.filters.http.wasm")),
-                (
-                    "typed_config",
-                    Node::Map(vec![
-                        (
-                            "@type",
-                            string(
-                                "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                            ),
-                        ),
-                        (
-                            "config",
-                            Node::Map(vec![
-                                ("name", string("outgoing_auth")),
-                                ("root_id", string("")),
-                                ("vm_config", Node::Map(vm)),
-                                (
-                                    "configuration",
-                                    Node::Map(vec![
-                                        (
-                                            "@type",
-                                            string(
-                                                "type.googleapis.com/google.protobuf.StringValue",
-                                            ),
-                                        ),
-                                        ("value", string(to_json(&conv.config))),
-                                    ]),
-                                ),
-                                ("failure_policy", string("FAIL_CLOSED")),
-                            ]),
-                        ),
-                    ]),
-                ),
-            ]);
             (
-                Node::Seq(vec![entry]),
+                Node::Seq(vec![envoy_entry(filename, env_keys, to_json(&conv.config))]),
                 vec![
                     "Envoy's process needs them in its environment; vm_config lists them in"
                         .to_owned(),
                     "environment_variables.host_env_keys. In a Pod, the Envoy container's env:"
                         .to_owned(),
                 ],
-                vec![
-                    "Define each under static_resources.clusters (with TLS for https).".to_owned(),
-                ],
+                vec![STS_CLUSTER_ADVICE.to_owned()],
             )
         }
         Format::Istio => {
@@ -599,13 +746,18 @@ fn header(
         lines.push(String::new());
         lines.extend(extra.iter().cloned());
     }
+    comment_block(&lines)
+}
+
+/// `lines` as YAML comment lines (an empty line as a bare `#`).
+fn comment_block(lines: &[String]) -> String {
     let mut out = String::new();
     for l in lines {
         if l.is_empty() {
             out.push_str("#\n");
         } else {
             out.push_str("# ");
-            out.push_str(&l);
+            out.push_str(l);
             out.push('\n');
         }
     }

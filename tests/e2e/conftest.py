@@ -66,6 +66,16 @@ def ext_authz_service() -> Iterator[h.ExtAuthzService]:
 
 
 @pytest.fixture(scope="session")
+def router_authz() -> Iterator[h.ExtAuthzService]:
+    """The ext_authz service of the mcp_router Envoys (router_scenarios.USERS)."""
+    import router_scenarios as rs
+
+    server = h.ExtAuthzService(rs.USERS).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def gateway(
     envoy_bin: Path,
     wasm_path: Path,

@@ -559,11 +559,13 @@ def wasm_filter(
     filter_config: dict | str,
     wasm_path: str | Path,
     host_env_keys: Iterable[str] = (),
+    read_body: bool = False,
 ) -> dict:
     """The outgoing-auth filter as an HTTP filter entry (listener chain or cluster upstream chain).
 
     ``filter_config`` is the filter's JSON config (a dict), or a raw string sent verbatim (used for
-    the invalid-JSON case).
+    the invalid-JSON case). ``read_body`` sets ``allow_on_headers_stop_iteration``, which
+    ``missingToken.readBody`` needs.
     """
     value = filter_config if isinstance(filter_config, str) else json.dumps(filter_config)
     vm_config: dict[str, Any] = {
@@ -587,9 +589,16 @@ def wasm_filter(
                     "value": value,
                 },
                 "failure_policy": "FAIL_CLOSED",
+                **({"allow_on_headers_stop_iteration": True} if read_body else {}),
             },
         },
     }
+
+
+MCP_FILTER = {
+    "name": "envoy.filters.http.mcp",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.mcp.v3.Mcp"},
+}
 
 
 def set_metadata_filter(value: dict, namespace: str = "envoy.filters.http.ext_authz") -> dict:

@@ -73,7 +73,9 @@ def example(wasm: Path, ports: dict[str, int]) -> dict:
     return yaml.safe_load(text)
 
 
-def config(wasm: Path, ports: dict[str, int], echo_port: int) -> dict:
+def config(wasm: Path, ports: dict[str, int], echo_port: int, missing_token: dict | None = None) -> dict:
+    """``missing_token``: a ``missingToken`` block for the accepting instances (with
+    ``readBody``, they also get ``allow_on_headers_stop_iteration``)."""
     boot = example(wasm, ports)
     [listener] = boot["static_resources"]["listeners"]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
@@ -90,6 +92,8 @@ def config(wasm: Path, ports: dict[str, int], echo_port: int) -> dict:
         "type": "token_exchange",
         "tokenExchange": dict(bearer_exchange, audience=BEARER_AUDIENCE),
     }
+    if missing_token is not None:
+        accept["missingToken"] = missing_token
     # The clusters share one accepting config (a YAML alias): set it on each copy.
     router = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.mcp_router")
     servers = router["typed_config"]["servers"]
@@ -105,6 +109,8 @@ def config(wasm: Path, ports: dict[str, int], echo_port: int) -> dict:
     clusters.append(bearer)
     for entry in list(_wasm_entries(boot))[1:]:
         _set_filter_config(entry, accept)
+        if missing_token and missing_token.get("readBody"):
+            entry["typed_config"]["config"]["allow_on_headers_stop_iteration"] = True
 
     # What reaches the accepting instances without an issuer, and another Envoy's hand-off.
     direct_routes = [h.route(f"/{name}/", f"{name}-mcp", prefix_rewrite="/", timeout="0s") for name in BACKENDS]

@@ -29,13 +29,6 @@ def servers() -> Iterator[dict[str, mb.RecordingMcpServer]]:
 
 
 @pytest.fixture(scope="module")
-def router_authz() -> Iterator[h.ExtAuthzService]:
-    service = h.ExtAuthzService(rs.USERS).start()
-    yield service
-    service.stop()
-
-
-@pytest.fixture(scope="module")
 def router(envoy_bin: Path, wasm_path: Path, workdir: Path, servers, router_authz, sts, backend) -> Iterator[h.Envoy]:
     ports = {name: s.port for name, s in servers.items()}
     ports.update(authz=router_authz.port, sts=sts.port)
@@ -151,3 +144,54 @@ def test_the_filters_log_lines_carry_no_token_and_no_hand_off(router, servers, s
     wasm_lines = "\n".join(line for line in router.log_text().splitlines() if "wasm log" in line)
     sc.assert_no_secrets(wasm_lines, secrets, "the filter's log lines")
     assert "v1." not in wasm_lines.replace("v1.40", ""), "a hand-off value in the log"
+
+
+def test_a_user_without_a_github_token_is_told_to_connect_it_and_keeps_the_other_backends(
+    router, servers, sts
+):
+    before = len(servers["github"].all_requests())
+    tools = ["corp__whoami", "github__whoami", "internal__whoami"]
+    with h.CounterDelta(router, ["mcp.tool_error", "upstream_inject.token_missing"]) as d:
+        got = mb.session(url(router), {"Authorization": f"Bearer {BOB}"}, tools)
+
+    # mcp_router drops the refusing backend from initialize and tools/list ...
+    assert "github__whoami" not in got.tools and "corp__whoami" in got.tools, got.tools
+    # ... and its tools/call comes back as a tool error naming what to connect, not a 500.
+    assert got.errors["github__whoami"] is True
+    assert got.calls["github__whoami"] == "Connect your github account to use this tool."
+    [corp_token] = sts.issued_for(rs.USERS[BOB]["corporate-idp"])[-1:]
+    assert got.calls["corp__whoami"]["authorization"] == f"Bearer {corp_token}"
+    assert got.calls["internal__whoami"]["x-api-key"] == rs.INTERNAL_API_KEY
+    assert len(servers["github"].all_requests()) == before, "the github backend was called"
+    moved = d.delta()
+    assert moved["mcp.tool_error"] == 1, moved
+    assert moved["upstream_inject.token_missing"] >= 2, moved  # initialize and tools/list got 401s
+
+
+def test_a_raw_tools_call_gets_the_tool_error_with_its_own_id(router):
+    # mcp_router keeps the client's JSON-RPC id: the accepting instance answers with it.
+    call = b'{"jsonrpc":"2.0","id":"call-7","method":"tools/call",' \
+        b'"params":{"name":"github__whoami","arguments":{}}}'
+    headers = [
+        ("authorization", f"Bearer {BOB}"),
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2025-11-25"),
+    ]
+    resp = h.request(router.port("mcp_aggregate"), "/mcp", headers, method="POST", body=call)
+    assert resp.status == 200, resp.describe()
+    assert resp.json() == {
+        "jsonrpc": "2.0",
+        "id": "call-7",
+        "result": {
+            "content": [{"type": "text", "text": "Connect your github account to use this tool."}],
+            "isError": True,
+        },
+    }
+
+
+def test_without_the_issuers_summary_of_the_request_a_tools_call_gets_the_401(router):
+    call = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami"}}'
+    base = [("content-type", "application/json"), ("accept", "application/json, text/event-stream")]
+    resp = h.request(router.port("direct"), "/github/mcp", base, method="POST", body=call)
+    assert resp.status == 401, resp.describe()
