@@ -406,7 +406,8 @@ Try it from another terminal, {where}:
   # github__whoami, corp__whoami, internal__whoami each reach their backend with its own credential
   {py} --aggregated --token demo-alice
 
-  # bob there: the github backend refuses him, corp and internal answer
+  # bob there: github's tools are left out and its whoami is a tool error naming the
+  # provider; corp and internal answer
   {py} --aggregated --token demo-bob
 
   # the filter's counters, and the STS calls Envoy made

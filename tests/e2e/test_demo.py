@@ -356,8 +356,15 @@ def test_bob_at_the_aggregated_endpoint_uses_corp_and_internal_and_github_is_nev
     github_requests = len([line for line in demo.lines_of("github") if '"POST /mcp' in line])
     refused = r'backend "github-mcp" \(upstream_inject\): provider "github": upstream token not found'
     refusals = len([line for line in demo.lines_of("envoy") if re.search(refused, line)])
+    admin = demo.ports["admin"]
+    tool_errors = "wasmcustom.outgoing_auth.mcp.tool_error"
 
-    v = aggregated(demo, "demo-bob", ["corp", "internal"])
+    def tool_error_count() -> int:
+        stats = dict(line.split(": ") for line in h.request(admin, f"/stats?filter={tool_errors}").body.decode().splitlines())
+        return int(stats.get(tool_errors, 0))
+
+    before = tool_error_count()
+    v = aggregated(demo, "demo-bob")
 
     assert v.error is None and v.refusal is None, v
     # the github backend refused bob's session (the accepting instance found no GitHub token in
@@ -366,6 +373,12 @@ def test_bob_at_the_aggregated_endpoint_uses_corp_and_internal_and_github_is_nev
     calls = calls_of(v)
     assert calls["corp__whoami"].identity["details"]["sub"] == f"client:{registered['corp-bob']}"
     assert calls["internal__whoami"].identity["identity"] == "holder of the internal API key"
+    # calling github's tool anyway: a tool result with isError that names the provider (not
+    # mcp_router's HTTP 500), and the session goes on
+    github = calls["github__whoami"]
+    assert github.identity is None
+    assert github.error is not None and github.error.startswith("isError: ") and "github" in github.error, github
+    assert tool_error_count() == before + 1
     assert len([line for line in demo.lines_of("github") if '"POST /mcp' in line]) == github_requests
     deadline = time.monotonic() + 5  # the accepting instance said why, on the github cluster
     while len([line for line in demo.lines_of("envoy") if re.search(refused, line)]) == refusals:
