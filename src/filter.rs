@@ -698,6 +698,11 @@ impl Runtime {
     fn log_rejection(&self, err: &AuthError, kind: &str, backend: Option<&[u8]>) {
         let backend = backend_label(backend);
         match err {
+            AuthError::UpstreamTokenNotFound { .. }
+                if self.handoff.as_ref().is_some_and(HandoffRuntime::accepting) =>
+            {
+                warn!("outgoing-auth: backend {backend} ({kind}): {err} (not in the hand-off)");
+            }
             AuthError::UpstreamTokenNotFound { problem, .. } => {
                 let tokens = &self.plans.tokens;
                 let path = metadata::container_path(tokens);
@@ -831,8 +836,8 @@ impl RootContext for Root {
                     return false;
                 }
                 resize_cache_table(loaded.config.exchange_cache.max_entries);
-                info!(
-                    "outgoing-auth: configuration loaded: {} backend(s), default strategy {}",
+                let strategies = format!(
+                    "{} backend(s), default strategy {}",
                     loaded.config.outgoing_auth.backends.len(),
                     loaded
                         .config
@@ -841,6 +846,20 @@ impl RootContext for Root {
                         .as_ref()
                         .map_or("unauthenticated", |s| s.type_name())
                 );
+                match &handoff {
+                    Some(h) if !h.accepting() => info!(
+                        "outgoing-auth: configuration loaded: issuing the hand-off in {} ({} \
+                         upstream(s)); no strategy here",
+                        h.header,
+                        h.upstreams.len()
+                    ),
+                    Some(h) => info!(
+                        "outgoing-auth: configuration loaded: {strategies}, accepting the \
+                         hand-off in {}",
+                        h.header
+                    ),
+                    None => info!("outgoing-auth: configuration loaded: {strategies}"),
+                }
                 self.runtime = Some(Rc::new(Runtime {
                     plans,
                     cache: loaded.config.exchange_cache,

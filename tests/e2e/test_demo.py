@@ -378,6 +378,8 @@ def test_bob_at_the_aggregated_endpoint_uses_corp_and_internal_and_github_is_nev
     github = calls["github__whoami"]
     assert github.identity is None
     assert github.error is not None and github.error.startswith("isError: ") and "github" in github.error, github
+    # ... with the link where bob connects GitHub (missingToken.connectUrls): bob sees it
+    assert re.search(r"https://gateway\.example/connect/github\?elicitation=[0-9a-f]{32}$", github.error), github
     assert tool_error_count() == before + 1
     assert len([line for line in demo.lines_of("github") if '"POST /mcp' in line]) == github_requests
     deadline = time.monotonic() + 5  # the accepting instance said why, on the github cluster
@@ -416,6 +418,7 @@ def as_in_the_readme(line: str, demo: DemoProcess) -> str:
     line = re.sub(r"\(pid \d+\)", "(pid N)", line)
     line = re.sub(r"agnt_[\w-]+", "agnt_ID", line)
     line = re.sub(r"expires in \d+s", "expires in Ns", line)
+    line = re.sub(r"elicitation=[0-9a-f]{32}", "elicitation=ID", line)
     line = re.sub(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\]", "[TIME]", line)
     for name, port in demo.ports.items():
         line = re.sub(rf"(?<!\d){port}(?!\d)", str(demo_py.PORTS[name]), line)

@@ -6,6 +6,7 @@ the hand-off from the listener's issuing instance to the clusters' accepting ins
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -158,7 +159,7 @@ def test_a_user_without_a_github_token_is_told_to_connect_it_and_keeps_the_other
     assert "github__whoami" not in got.tools and "corp__whoami" in got.tools, got.tools
     # ... and its tools/call comes back as a tool error naming what to connect, not a 500.
     assert got.errors["github__whoami"] is True
-    assert got.calls["github__whoami"] == "Connect your github account to use this tool."
+    assert got.calls["github__whoami"].startswith("Connect your github account to use this tool. https://")
     [corp_token] = sts.issued_for(rs.USERS[BOB]["corporate-idp"])[-1:]
     assert got.calls["corp__whoami"]["authorization"] == f"Bearer {corp_token}"
     assert got.calls["internal__whoami"]["x-api-key"] == rs.INTERNAL_API_KEY
@@ -168,26 +169,33 @@ def test_a_user_without_a_github_token_is_told_to_connect_it_and_keeps_the_other
     assert moved["upstream_inject.token_missing"] >= 2, moved  # initialize and tools/list got 401s
 
 
-def test_a_raw_tools_call_gets_the_tool_error_with_its_own_id(router):
-    # mcp_router keeps the client's JSON-RPC id: the accepting instance answers with it.
+CONNECT_URL = r"https://gateway\.example/connect/github\?elicitation=([0-9a-f]{32})"
+
+
+@pytest.mark.parametrize("version", ["2025-06-18", "2025-11-25"])
+def test_a_raw_tools_call_gets_its_answer_with_its_own_id(router, version):
+    # mcp_router keeps the client's JSON-RPC id and relays the 200: at 2025-11-25 the URL
+    # elicitation error, at a revision without URL elicitation the tool error with the link.
     call = b'{"jsonrpc":"2.0","id":"call-7","method":"tools/call",' \
         b'"params":{"name":"github__whoami","arguments":{}}}'
     headers = [
         ("authorization", f"Bearer {BOB}"),
         ("content-type", "application/json"),
         ("accept", "application/json, text/event-stream"),
-        ("mcp-protocol-version", "2025-11-25"),
+        ("mcp-protocol-version", version),
     ]
     resp = h.request(router.port("mcp_aggregate"), "/mcp", headers, method="POST", body=call)
     assert resp.status == 200, resp.describe()
-    assert resp.json() == {
-        "jsonrpc": "2.0",
-        "id": "call-7",
-        "result": {
-            "content": [{"type": "text", "text": "Connect your github account to use this tool."}],
-            "isError": True,
-        },
-    }
+    answer = resp.json()
+    assert (answer["jsonrpc"], answer["id"]) == ("2.0", "call-7")
+    if version == "2025-11-25":
+        assert answer["error"]["code"] == -32042
+        [elicitation] = answer["error"]["data"]["elicitations"]
+        assert re.fullmatch(CONNECT_URL, elicitation["url"]).group(1) == elicitation["elicitationId"]
+        return
+    assert answer["result"]["isError"] is True
+    [content] = answer["result"]["content"]
+    assert re.fullmatch(r"Connect your github account to use this tool\. " + CONNECT_URL, content["text"])
 
 
 def test_without_the_issuers_summary_of_the_request_a_tools_call_gets_the_401(router):
