@@ -119,20 +119,26 @@ async def visit(gateway: str, backend: str, token: str | None) -> Visit:
     return await visit_url(f"{gateway.rstrip('/')}/{backend}/mcp", backend, headers)
 
 
-async def visit_url(url: str, backend: str, headers: dict[str, str]) -> Visit:
-    """The same at any MCP endpoint, with these request headers."""
-    result = Visit(backend, url)
-    refusals: list[HttpRefusal] = []
+def refusal_recorder(refusals: list[HttpRefusal], only_post: bool = False):
+    """An HTTP client response hook that keeps each HTTP error answer on the way (the gateway's or
+    the backend's); ``only_post``: of the JSON-RPC POSTs only."""
 
     async def note_refusal(response: httpx2.Response) -> None:
-        if response.status_code >= 400:
+        if response.status_code >= 400 and (not only_post or response.request.method == "POST"):
             await response.aread()
             refusals.append(
                 HttpRefusal(response.status_code, response.headers.get("www-authenticate"), response.text)
             )
 
+    return note_refusal
+
+
+async def visit_url(url: str, backend: str, headers: dict[str, str]) -> Visit:
+    """The same at any MCP endpoint, with these request headers."""
+    result = Visit(backend, url)
+    refusals: list[HttpRefusal] = []
     http = create_mcp_http_client(headers=headers)
-    http.event_hooks["response"].append(note_refusal)
+    http.event_hooks["response"].append(refusal_recorder(refusals))
     try:
         async with http:
             # mode="legacy": the initialize handshake, as MCP gateways and most servers speak it.
@@ -163,22 +169,14 @@ async def visit_aggregated(gateway: str, token: str | None, backends: list[str])
     url = f"{gateway.rstrip('/')}/mcp"
     result = AggregatedVisit(url)
     refusals: list[HttpRefusal] = []
-
-    async def note_refusal(response: httpx2.Response) -> None:
-        # mcp_router answers the SDK's GET stream with 405 (the SDK then goes without it) and its
-        # closing DELETE with 400: neither is a refusal of the session.
-        if response.status_code >= 400 and response.request.method == "POST":
-            await response.aread()
-            refusals.append(
-                HttpRefusal(response.status_code, response.headers.get("www-authenticate"), response.text)
-            )
-
     sdk_log = logging.getLogger("mcp")
     collect = _Collect()
     sdk_log.addHandler(collect)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     http = create_mcp_http_client(headers=headers)
-    http.event_hooks["response"].append(note_refusal)
+    # mcp_router answers the SDK's GET stream with 405 (the SDK then goes without it) and its
+    # closing DELETE with 400: neither is a refusal of the session.
+    http.event_hooks["response"].append(refusal_recorder(refusals, only_post=True))
     try:
         async with http:
             async with Client(
