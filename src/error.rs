@@ -317,15 +317,20 @@ mod tests {
         }
     }
 
+    /// The reply's `WWW-Authenticate` value, if it has one.
+    fn challenge(reply: &LocalReply) -> Option<&str> {
+        reply
+            .headers
+            .iter()
+            .find(|(k, _)| *k == "www-authenticate")
+            .map(|(_, v)| v.as_str())
+    }
+
     #[test]
     fn a_malformed_bearer_is_a_401_challenge_that_echoes_nothing() {
         let reply = AuthError::MalformedBearer.reply();
         assert_eq!(reply.status, 401);
-        let challenge = reply
-            .headers
-            .iter()
-            .find(|(k, _)| *k == "www-authenticate")
-            .map(|(_, v)| v.as_str());
+        let challenge = challenge(&reply);
         assert_eq!(
             challenge,
             Some(
@@ -356,11 +361,7 @@ mod tests {
         };
         let reply = missing("github").reply_with(&params);
         assert_eq!(reply.status, 401);
-        let challenge = reply
-            .headers
-            .iter()
-            .find(|(k, _)| *k == "www-authenticate")
-            .map(|(_, v)| v.as_str());
+        let challenge = challenge(&reply);
         assert_eq!(
             challenge,
             Some(
