@@ -31,6 +31,9 @@ from typing import Any
 import harness as h
 
 START_TIMEOUT_S = 30.0
+REGISTER_ATTEMPTS = 3
+VISIBLE_TIMEOUT_S = 2.0
+PROBE_GRANT = "urn:outgoing-auth:test:probe"  # registered for no client
 CLIENT_CREDENTIALS = "client_credentials"
 
 
@@ -85,10 +88,35 @@ class AuthgentApi:
             "scope": scope,
             "token_endpoint_auth_method": "client_secret_basic",
         }
-        got = self._call(
-            "POST", "/register", [("content-type", "application/json")], json.dumps(doc).encode(), expect=201
+        for _ in range(REGISTER_ATTEMPTS):
+            got = self._call(
+                "POST", "/register", [("content-type", "application/json")], json.dumps(doc).encode(), expect=201
+            )
+            client = Client(name, got["client_id"], got["client_secret"])
+            if self._visible(client):
+                return client
+        raise AuthgentError(
+            f"authgent registered {name!r} {REGISTER_ATTEMPTS} times and never found it again\n{self.log_tail()}"
         )
-        return Client(name, got["client_id"], got["client_secret"])
+
+    def _visible(self, client: Client) -> bool:
+        """Whether /token finds ``client``: once, on a CI run, a client answered 201 to its
+        registration and "Client not found" from then on. The probe names a grant no client has,
+        without a secret (no bcrypt): 400 "grant type not allowed" for a known client, 401
+        invalid_client for an unknown one."""
+        body = f"grant_type={PROBE_GRANT}&client_id={client.id}".encode()
+        deadline = time.monotonic() + VISIBLE_TIMEOUT_S
+        while True:
+            resp = h.request(
+                self.port, "/token", [("content-type", "application/x-www-form-urlencoded")], method="POST", body=body
+            )
+            if resp.status == 400:
+                return True
+            if resp.status != 401 or time.monotonic() > deadline:
+                if resp.status != 401:
+                    raise AuthgentError(f"authgent client probe: {resp.describe()}\n{self.log_tail()}")
+                return False
+            time.sleep(0.05)
 
     def client_credentials(self, client: Client, scope: str = "read write") -> str:
         """An access token (an ES256 JWT) for ``client``: a subject token to exchange."""
