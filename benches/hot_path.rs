@@ -9,11 +9,12 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use outgoing_auth::cache::{CacheKey, CacheSettings, ExchangeScope};
-use outgoing_auth::config::{self, Strategy};
+use outgoing_auth::cache::{CacheKey, ExchangeScope};
+use outgoing_auth::config::{CacheSettings, Strategy};
 use outgoing_auth::exchange;
 use outgoing_auth::metadata;
 use outgoing_auth::strategy::{Plans, RequestView};
+use outgoing_auth::validate;
 
 const CONFIG: &str = r#"{
   "authServer": { "upstreams": ["github", "atlassian", "google", "okta"] },
@@ -62,7 +63,7 @@ fn bench(name: &str, measure: bool, mut f: impl FnMut()) {
 fn main() {
     let measure = std::env::args().any(|a| a == "--bench");
     let env = |_: &str| None;
-    let loaded = config::load(CONFIG.as_bytes(), &env).unwrap();
+    let loaded = validate::load(CONFIG.as_bytes(), &env).unwrap();
     let plans = Plans::build(&loaded.config);
     let Some(Strategy::TokenExchange(te)) =
         loaded.config.outgoing_auth.backends.get("corp").cloned()
@@ -79,9 +80,13 @@ fn main() {
         .collect();
     let encoded = metadata::encode_pairs(&pairs);
 
-    bench("config::load (whole config, startup only)", measure, || {
-        black_box(config::load(black_box(CONFIG.as_bytes()), &env).is_ok());
-    });
+    bench(
+        "validate::load (whole config, startup only)",
+        measure,
+        || {
+            black_box(validate::load(black_box(CONFIG.as_bytes()), &env).is_ok());
+        },
+    );
     bench("backend selection (Plans::for_backend)", measure, || {
         black_box(plans.for_backend(black_box(Some(b"okta-mcp"))));
     });

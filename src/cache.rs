@@ -9,7 +9,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::config::TokenExchange;
+use crate::config::{CacheSettings, TokenExchange};
 use crate::exchange::ACCESS_TOKEN_TYPE;
 
 /// Everything but the subject that decides what the STS returns, and the lifetime rules an entry
@@ -125,45 +125,6 @@ pub fn slots_to_clear(recorded: Option<&[u8]>, max_entries: u32) -> std::ops::Ra
         .and_then(|b| b.try_into().ok())
         .map_or(0, u32::from_le_bytes);
     max_entries..before.max(max_entries)
-}
-
-/// Cache settings (the top-level `exchangeCache` block).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CacheSettings {
-    /// Slots in the table; 0 disables caching.
-    pub max_entries: u32,
-    /// A token is dropped this long before the STS says it expires.
-    pub safety_margin_secs: u64,
-    /// Lifetime of a token issued without `expires_in`; 0 means such tokens are not cached.
-    pub default_ttl_secs: u64,
-}
-
-impl Default for CacheSettings {
-    fn default() -> Self {
-        CacheSettings {
-            max_entries: 10_000,
-            safety_margin_secs: 30,
-            default_ttl_secs: 0,
-        }
-    }
-}
-
-/// No exchanged token is served from the cache for longer than this, whatever `expires_in` says:
-/// a token that claims to live for years is still exchanged anew every day.
-pub const MAX_TTL_SECS: u64 = 24 * 60 * 60;
-
-impl CacheSettings {
-    /// How long an issued token may be served from the cache; `None`: do not cache it.
-    pub fn ttl_secs(&self, expires_in: Option<u64>) -> Option<u64> {
-        if self.max_entries == 0 {
-            return None;
-        }
-        let ttl = match expires_in {
-            Some(secs) => secs.saturating_sub(self.safety_margin_secs),
-            None => self.default_ttl_secs,
-        };
-        (ttl > 0).then_some(ttl.min(MAX_TTL_SECS))
-    }
 }
 
 /// Entry format: key hash (32 bytes), expiry in Unix milliseconds (8 bytes LE), token.
@@ -368,7 +329,7 @@ mod tests {
         assert_eq!(s.ttl_secs(None), Some(60));
         assert_eq!(
             s.ttl_secs(Some(u64::MAX)),
-            Some(MAX_TTL_SECS),
+            Some(crate::config::MAX_TTL_SECS),
             "a huge expires_in is capped"
         );
         let off = CacheSettings {

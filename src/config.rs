@@ -10,11 +10,10 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::cache::CacheSettings;
+use crate::challenge::{resource_metadata_problem, scope_problem, ChallengeParams};
+use crate::connect::{message_template_problem, url_template_problem, DEFAULT_MESSAGE_TEMPLATE};
 use crate::http;
-use crate::validate::{
-    self, backend_path, did_you_mean, member_path, quote, Problems, Report, Rule, DEFAULT_PATH,
-};
+use crate::report::{backend_path, did_you_mean, member_path, quote, Problems, Rule, DEFAULT_PATH};
 
 pub const DEFAULT_METADATA_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 pub const DEFAULT_METADATA_KEY: &str = "upstream_tokens";
@@ -23,6 +22,8 @@ pub const MAX_TOKEN_BYTES_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_EXCHANGE_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_EXCHANGE_TIMEOUT_MS: u64 = 60_000;
 pub const MAX_CACHE_ENTRIES: u64 = 1_000_000;
+/// The hand-off header unless `handoff.header` names another.
+pub const DEFAULT_HANDOFF_HEADER: &str = "x-outgoing-auth-handoff";
 
 pub const STRATEGY_TYPES: [&str; 4] = [
     "unauthenticated",
@@ -52,7 +53,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MissingToken {
     /// `resourceMetadata` and `scope` in the 401's `WWW-Authenticate` challenge.
-    pub challenge: crate::error::ChallengeParams,
+    pub challenge: ChallengeParams,
     /// Provider name → the URL template where the user connects that provider.
     pub connect_urls: BTreeMap<String, String>,
     /// What the user is shown; `{provider}` is filled in.
@@ -66,9 +67,9 @@ pub struct MissingToken {
 impl Default for MissingToken {
     fn default() -> Self {
         MissingToken {
-            challenge: crate::error::ChallengeParams::default(),
+            challenge: ChallengeParams::default(),
             connect_urls: BTreeMap::new(),
-            message: crate::mcp::DEFAULT_MESSAGE_TEMPLATE.to_owned(),
+            message: DEFAULT_MESSAGE_TEMPLATE.to_owned(),
             read_body: false,
         }
     }
@@ -338,54 +339,58 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A decoded configuration, with the warnings it raised.
-#[derive(Debug)]
-pub struct Loaded {
-    pub config: Config,
-    /// Warnings only (bounded like every [`Report`]); log [`Report::lines`].
-    pub warnings: Report,
+/// Cache settings (the top-level `exchangeCache` block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Slots in the table; 0 disables caching.
+    pub max_entries: u32,
+    /// A token is dropped this long before the STS says it expires.
+    pub safety_margin_secs: u64,
+    /// Lifetime of a token issued without `expires_in`; 0 means such tokens are not cached.
+    pub default_ttl_secs: u64,
 }
 
-/// Decodes and validates the plugin configuration. `env` looks up environment variables (the VM's
-/// `vm_config.environment_variables` inside Envoy; the process environment in the CLI).
-///
-/// On failure returns the problems found (errors and warnings) as a bounded [`Report`]: the first
-/// [`validate::MAX_REPORTED_PROBLEMS`] in full, and the true counts. Time and memory are linear in
-/// the size of the configuration, whatever it holds.
-pub fn load(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Report> {
-    let mut problems = Problems::default();
-    let decoded = decode(json, env, &mut problems);
-    if let Some(Decoded {
-        config,
-        auth_server_broken: false,
-        missing_provider,
-    }) = &decoded
-    {
-        let missing: HashSet<Option<&str>> =
-            missing_provider.iter().map(|b| b.as_deref()).collect();
-        validate::check_auth_server_integration(config, &missing, &mut problems);
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_entries: 10_000,
+            safety_margin_secs: 30,
+            default_ttl_secs: 0,
+        }
     }
-    let config = decoded.map(|d| d.config);
-    match config {
-        Some(config) if !problems.has_errors() => Ok(Loaded {
-            config,
-            warnings: problems.into_report(),
-        }),
-        _ => Err(problems.into_report()),
+}
+
+/// No exchanged token is served from the cache for longer than this, whatever `expires_in` says:
+/// a token that claims to live for years is still exchanged anew every day.
+pub const MAX_TTL_SECS: u64 = 24 * 60 * 60;
+
+impl CacheSettings {
+    /// How long an issued token may be served from the cache; `None`: do not cache it.
+    pub fn ttl_secs(&self, expires_in: Option<u64>) -> Option<u64> {
+        if self.max_entries == 0 {
+            return None;
+        }
+        let ttl = match expires_in {
+            Some(secs) => secs.saturating_sub(self.safety_margin_secs),
+            None => self.default_ttl_secs,
+        };
+        (ttl > 0).then_some(ttl.min(MAX_TTL_SECS))
     }
 }
 
 /// A decoded config; after structural errors it holds what could be decoded, so the cross-field
 /// rules still run on it (the errors already make the config fail).
-struct Decoded {
-    config: Config,
+pub(crate) struct Decoded {
+    pub(crate) config: Config,
     /// `authServer` is present but unusable: the cross-field rules would only add noise.
-    auth_server_broken: bool,
+    pub(crate) auth_server_broken: bool,
     /// The upstream_inject strategies without a `providerName` field (`None`: the default).
-    missing_provider: Vec<Option<String>>,
+    pub(crate) missing_provider: Vec<Option<String>>,
 }
 
-fn decode(
+/// Decodes the JSON, reporting the structural (`S-xx`) problems; [`crate::validate::load`] then
+/// applies the cross-field rules.
+pub(crate) fn decode(
     json: &[u8],
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Problems,
@@ -909,14 +914,11 @@ impl Decoder<'_, '_> {
                 None => Some(value.to_owned()),
             }
         };
-        out.challenge.resource_metadata = checked(
-            self,
-            "resourceMetadata",
-            crate::error::resource_metadata_problem,
-        );
-        out.challenge.scope = checked(self, "scope", crate::error::scope_problem);
+        out.challenge.resource_metadata =
+            checked(self, "resourceMetadata", resource_metadata_problem);
+        out.challenge.scope = checked(self, "scope", scope_problem);
         if let Some(message) = self.string(&obj, "message") {
-            match crate::mcp::message_template_problem(message) {
+            match message_template_problem(message) {
                 Some(why) => {
                     self.problems
                         .report(Rule::S18, &obj.field("message"), format!("message {why}"))
@@ -950,7 +952,7 @@ impl Decoder<'_, '_> {
                                 quote(provider)
                             ),
                         );
-                    } else if let Some(why) = crate::mcp::url_template_problem(template) {
+                    } else if let Some(why) = url_template_problem(template) {
                         self.problems
                             .report(Rule::S18, &field, format!("the connect URL {why}"));
                     } else {
@@ -1007,7 +1009,7 @@ impl Decoder<'_, '_> {
             }
         };
         let header = match self.string(&obj, "header") {
-            None => crate::handoff::DEFAULT_HEADER.to_owned(),
+            None => DEFAULT_HANDOFF_HEADER.to_owned(),
             Some(name) => {
                 let lower = name.to_ascii_lowercase();
                 if !self.header_name(name, &obj.field("header")) {
@@ -1021,7 +1023,7 @@ impl Decoder<'_, '_> {
                             "header {} carries client credentials; name a header of its own for \
                              the hand-off (default {})",
                             quote(name),
-                            crate::handoff::DEFAULT_HEADER
+                            DEFAULT_HANDOFF_HEADER
                         ),
                     );
                     return None;

@@ -12,8 +12,9 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType};
 
-use crate::cache::{self, CacheKey, CacheSettings};
-use crate::config::{self, HandoffConfig, HandoffMode};
+use crate::cache::{self, CacheKey};
+use crate::config::{self, CacheSettings, HandoffConfig, HandoffMode};
+use crate::connect;
 use crate::error::AuthError;
 use crate::error::LocalReply;
 use crate::exchange::{self, ExchangeFailure, Issued, StsRequest};
@@ -26,6 +27,7 @@ use crate::metadata;
 use crate::stats::Counter;
 use crate::strategy::{Decision, Edit, ExchangePlan, Plan, Plans, RequestView, UpstreamRef};
 use crate::stream::{self, StreamRecord};
+use crate::validate;
 
 /// Metric ids, by [`Counter::index`]; `None` when the host refused to define one.
 type Counters = [Option<u32>; Counter::ALL.len()];
@@ -334,7 +336,7 @@ impl Runtime {
         let AuthError::UpstreamTokenNotFound { provider, .. } = err else {
             return self.reply(err);
         };
-        let message = mcp::connect_message(&self.missing.message, provider).unwrap_or_default();
+        let message = connect::connect_message(&self.missing.message, provider).unwrap_or_default();
         let elicitation = self
             .missing
             .connect_urls
@@ -815,7 +817,7 @@ impl RootContext for Root {
         };
         let env = |name: &str| std::env::var(name).ok();
         let counters = define_counters();
-        match config::load(&json, &env) {
+        match validate::load(&json, &env) {
             Ok(loaded) => {
                 for line in loaded.warnings.lines() {
                     warn!("outgoing-auth: {}", line.text);

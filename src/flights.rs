@@ -117,7 +117,8 @@ impl<C> Flights<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{CacheSettings, ExchangeScope};
+    use crate::cache::ExchangeScope;
+    use crate::config::CacheSettings;
     use crate::config::TokenExchange;
 
     fn key(subject: &str) -> CacheKey {

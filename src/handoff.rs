@@ -21,8 +21,6 @@ use sha2::{Digest, Sha256};
 use crate::base64;
 use crate::metadata;
 
-/// The hand-off header unless `handoff.header` names another.
-pub const DEFAULT_HEADER: &str = "x-outgoing-auth-handoff";
 /// Shared-data key of the key the instances of one `vm_id` share when none is configured.
 pub const SHARED_KEY_NAME: &str = "outgoing_auth.handoff.key";
 /// A hand-off older than this is refused: it is consumed within the client's request, so a

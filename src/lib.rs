@@ -6,7 +6,9 @@
 
 pub mod base64;
 pub mod cache;
+pub mod challenge;
 pub mod config;
+pub mod connect;
 pub mod error;
 pub mod exchange;
 pub mod flights;
@@ -14,6 +16,7 @@ pub mod handoff;
 pub mod http;
 pub mod mcp;
 pub mod metadata;
+pub mod report;
 pub mod stats;
 pub mod strategy;
 pub mod stream;

@@ -7,8 +7,8 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use crate::cache::{CacheSettings, ExchangeScope};
-use crate::config::{Config, Secret, Strategy, TokenExchange, TokenSource};
+use crate::cache::ExchangeScope;
+use crate::config::{CacheSettings, Config, Secret, Strategy, TokenExchange, TokenSource};
 use crate::error::AuthError;
 use crate::http::{self, BearerProblem};
 use crate::metadata::{self, TokenProblem};
@@ -362,12 +362,12 @@ impl Plans {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config;
     use crate::exchange::ExchangeFailure;
+    use crate::validate;
 
     fn plans(json: &str) -> Plans {
         let env = |name: &str| (name == "INTERNAL_KEY").then(|| "internal-secret".to_owned());
-        Plans::build(&config::load(json.as_bytes(), &env).unwrap().config)
+        Plans::build(&validate::load(json.as_bytes(), &env).unwrap().config)
     }
 
     const EXAMPLE: &str = r#"{

@@ -13,11 +13,11 @@
 
 use std::time::{Duration, Instant};
 
-use outgoing_auth::config;
 use outgoing_auth::k8s::cli::{run, Io};
-use outgoing_auth::validate::{
+use outgoing_auth::report::{
     Report, Rule, MAX_MESSAGE_BYTES, MAX_PATH_BYTES, MAX_REPORTED_PROBLEMS,
 };
+use outgoing_auth::validate;
 use serde_json::{json, Map, Value};
 
 /// The longest problem line: `[V-02] ` + path + `: ` + message.
@@ -50,9 +50,9 @@ fn no_env(_: &str) -> Option<String> {
 }
 
 /// Loads `json`, returning the result and how long it took.
-fn timed_load(json: &[u8]) -> (Result<config::Loaded, Report>, Duration) {
+fn timed_load(json: &[u8]) -> (Result<validate::Loaded, Report>, Duration) {
     let start = Instant::now();
-    let result = config::load(json, &no_env);
+    let result = validate::load(json, &no_env);
     (result, start.elapsed())
 }
 
@@ -70,10 +70,10 @@ fn parse_time(json: &[u8]) -> Duration {
 fn assert_linear(what: &str, json: &[u8], load_time: Duration) {
     let parse = parse_time(json);
     let budget = parse * 30 + Duration::from_millis(500);
-    eprintln!("{what}: config::load {load_time:?}, parse {parse:?}");
+    eprintln!("{what}: validate::load {load_time:?}, parse {parse:?}");
     assert!(
         load_time < budget,
-        "{what}: config::load took {load_time:?}, parsing the JSON {parse:?} (budget {budget:?})"
+        "{what}: validate::load took {load_time:?}, parsing the JSON {parse:?} (budget {budget:?})"
     );
 }
 
@@ -168,7 +168,7 @@ fn very_long_names_are_cut_and_stay_quoted() {
         }, long.clone(): 1 },
     });
     let json = v.to_string();
-    let report = config::load(json.as_bytes(), &no_env).unwrap_err();
+    let report = validate::load(json.as_bytes(), &no_env).unwrap_err();
     assert_bounded(&report);
     let texts: Vec<String> = report.lines().map(|l| l.text).collect();
     assert_eq!(report.errors(), 2, "{texts:#?}");
@@ -207,7 +207,7 @@ fn warnings_are_bounded_too_on_a_config_that_loads() {
         })
         .collect();
     let json = json!({ "outgoingAuth": { "backends": backends } }).to_string();
-    let loaded = config::load(json.as_bytes(), &no_env).unwrap();
+    let loaded = validate::load(json.as_bytes(), &no_env).unwrap();
     assert_eq!(loaded.warnings.warnings(), 1_000);
     assert_eq!(loaded.warnings.problems().len(), MAX_REPORTED_PROBLEMS);
     let more = loaded.warnings.omitted_line().unwrap();
@@ -350,7 +350,7 @@ fn warnings_do_not_hide_the_errors_that_refuse_a_config() {
         json!({ "type": "unauthenticated", "bogus": 1 }),
     );
     let json = json!({ "outgoingAuth": { "backends": backends } }).to_string();
-    let report = config::load(json.as_bytes(), &no_env).unwrap_err();
+    let report = validate::load(json.as_bytes(), &no_env).unwrap_err();
     assert_eq!((report.errors(), report.warnings()), (1, 500));
     let lines: Vec<_> = report.lines().collect();
     assert_eq!(lines.len(), MAX_REPORTED_PROBLEMS + 1);

@@ -14,8 +14,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use outgoing_auth::config;
 use outgoing_auth::k8s::cli::{run, Io};
+use outgoing_auth::{config, validate};
 use serde_json::{json, Value};
 
 struct Out {
@@ -130,9 +130,9 @@ fn yaml_docs(docs: &[Value]) -> String {
 /// The filter's own startup validation, with the given variables set.
 fn loads(filter_json: &str, env: &[&str]) -> config::Config {
     let lookup = |name: &str| env.contains(&name).then(|| "value".to_owned());
-    match config::load(filter_json.as_bytes(), &lookup) {
+    match validate::load(filter_json.as_bytes(), &lookup) {
         Ok(l) => l.config,
-        Err(problems) => panic!("config::load refused it: {problems:?}\n{filter_json}"),
+        Err(problems) => panic!("validate::load refused it: {problems:?}\n{filter_json}"),
     }
 }
 
@@ -1951,7 +1951,7 @@ fn validate_on_yaml_or_a_resource_says_what_it_expects() {
 
 #[test]
 fn validate_matches_config_load_on_many_configs() {
-    // The command's verdict is config::load's, whatever the config.
+    // The command's verdict is validate::load's, whatever the config.
     let configs = [
         VALID.to_owned(),
         "{}".to_owned(),
@@ -1968,7 +1968,7 @@ fn validate_matches_config_load_on_many_configs() {
                 .find(|(k, _)| *k == n)
                 .map(|(_, v)| v.to_string())
         };
-        let expected = config::load(c.as_bytes(), &lookup);
+        let expected = validate::load(c.as_bytes(), &lookup);
         assert_eq!(out.code == 0, expected.is_ok(), "{c}: {}", out.stdout);
         let problems = match expected {
             Ok(l) => l.warnings,
@@ -2508,7 +2508,7 @@ fn mcp_router_output_is_the_issuing_and_the_accepting_instance() {
     );
     assert_eq!(c.outgoing_auth.backends.len(), 4);
     // The variables are the accepting instance's: without them it does not load.
-    assert!(config::load(json.as_bytes(), &|_: &str| None).is_err());
+    assert!(validate::load(json.as_bytes(), &|_: &str| None).is_err());
 
     // The comments say where each goes and what mcp_router needs.
     for line in [

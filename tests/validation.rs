@@ -10,7 +10,8 @@
 )]
 
 use outgoing_auth::config::{self, Strategy, SubjectTokenType, TokenLayout};
-use outgoing_auth::validate::{Problem, Report, Rule};
+use outgoing_auth::report::{Problem, Report, Rule};
+use outgoing_auth::validate;
 use serde_json::{json, Value};
 
 fn env(name: &str) -> Option<String> {
@@ -23,8 +24,8 @@ fn env(name: &str) -> Option<String> {
     }
 }
 
-fn load(v: &Value) -> Result<config::Loaded, Report> {
-    config::load(v.to_string().as_bytes(), &env)
+fn load(v: &Value) -> Result<validate::Loaded, Report> {
+    validate::load(v.to_string().as_bytes(), &env)
 }
 
 fn errors(v: &Value) -> Vec<Problem> {
@@ -394,7 +395,7 @@ fn v01_comes_before_v06_and_both_are_reported() {
 
 #[test]
 fn s01_invalid_json_reports_line_and_column() {
-    let problems = config::load(b"{\n  \"outgoingAuth\": {,\n}", &env)
+    let problems = validate::load(b"{\n  \"outgoingAuth\": {,\n}", &env)
         .unwrap_err()
         .problems()
         .to_vec();
@@ -409,14 +410,17 @@ fn s01_invalid_json_reports_line_and_column() {
 
 #[test]
 fn s01_empty_configuration() {
-    let problems = config::load(b"  ", &env).unwrap_err().problems().to_vec();
+    let problems = validate::load(b"  ", &env).unwrap_err().problems().to_vec();
     assert_eq!(problems[0].rule, Rule::S01);
     assert!(problems[0].message.contains("empty"));
 }
 
 #[test]
 fn s03_top_level_must_be_an_object() {
-    let problems = config::load(b"[1]", &env).unwrap_err().problems().to_vec();
+    let problems = validate::load(b"[1]", &env)
+        .unwrap_err()
+        .problems()
+        .to_vec();
     assert_eq!(problems[0].rule, Rule::S03);
 }
 
@@ -1078,8 +1082,8 @@ fn handoff_env(name: &str) -> Option<String> {
     }
 }
 
-fn load_handoff(v: &Value) -> Result<config::Loaded, Vec<Problem>> {
-    config::load(v.to_string().as_bytes(), &handoff_env).map_err(|r| r.problems().to_vec())
+fn load_handoff(v: &Value) -> Result<validate::Loaded, Vec<Problem>> {
+    validate::load(v.to_string().as_bytes(), &handoff_env).map_err(|r| r.problems().to_vec())
 }
 
 fn handoff_error(v: &Value, path: &str) -> String {

@@ -12,14 +12,15 @@
 //!
 //! Inputs that carry several strings split them at `0xFF` bytes, which never occur in UTF-8.
 
-use outgoing_auth::cache::{self, CacheKey, CacheSettings, ExchangeScope};
+use outgoing_auth::cache::{self, CacheKey, ExchangeScope};
 use outgoing_auth::config::{
-    self, Config, Secret, SecretSource, Strategy, SubjectTokenType, TokenExchange, TokenLayout,
-    TokenSource, TokenUrl,
+    CacheSettings, Config, Secret, SecretSource, Strategy, SubjectTokenType, TokenExchange,
+    TokenLayout, TokenSource, TokenUrl,
 };
 use outgoing_auth::exchange::{self, ExchangeFailure};
 use outgoing_auth::metadata::{self, TokenProblem};
-use outgoing_auth::{http, validate::Problem};
+use outgoing_auth::validate;
+use outgoing_auth::{http, report::Problem};
 use serde_json::Value;
 
 /// The input's `0xFF`-separated parts, each read as UTF-8 (invalid sequences become U+FFFD).
@@ -38,7 +39,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// config_load: `config::load` on arbitrary bytes
+// config_load: `validate::load` on arbitrary bytes
 
 /// The value of every variable the fuzz environment defines. Distinctive, so any echo shows.
 const ENV_SECRET: &str = "env-secret-Zq7Kx9Wm";
@@ -57,11 +58,11 @@ pub fn fuzz_env(name: &str) -> Option<String> {
     }
 }
 
-/// `config::load` never panics; an accepted config satisfies every rule, matches the JSON it came
+/// `validate::load` never panics; an accepted config satisfies every rule, matches the JSON it came
 /// from and carries warnings only; a refused one has at least one error; no problem line has a
 /// control character (log forging) or a secret (from the environment or written inline).
 pub fn config_load(data: &[u8]) {
-    let result = config::load(data, &fuzz_env);
+    let result = validate::load(data, &fuzz_env);
     let problems = match &result {
         Ok(loaded) => {
             let json: Value = serde_json::from_slice(data)
@@ -107,7 +108,7 @@ pub fn config_load(data: &[u8]) {
     if replace_inline_secrets(&mut json, &canary) == 0 {
         return;
     }
-    let problems = match config::load(json.to_string().as_bytes(), &fuzz_env) {
+    let problems = match validate::load(json.to_string().as_bytes(), &fuzz_env) {
         Ok(loaded) => loaded.warnings,
         Err(problems) => problems,
     };
@@ -1221,7 +1222,8 @@ pub fn providers_summary(data: &[u8]) {
 /// elicitation id `0xFF` scope `0xFF` resource_metadata. The body is the raw bytes before the
 /// first `0xFF` (so it may be any non-UTF-8 that has no `0xFF`).
 pub fn mcp_answers(data: &[u8]) {
-    use outgoing_auth::error::{self, ChallengeParams};
+    use outgoing_auth::challenge::{self, ChallengeParams};
+    use outgoing_auth::connect;
     use outgoing_auth::mcp::{self, Answer, Body, Offer, ProtocolVersion, UrlElicitation};
 
     let raw_body = data.split(|&b| b == 0xff).next().unwrap_or_default();
@@ -1261,9 +1263,9 @@ pub fn mcp_answers(data: &[u8]) {
 
     // Templates: a filled URL is URL characters only, no brace, within the limit; a message has
     // no control character.
-    if let Ok(url) = mcp::connect_url(url_t, provider, elicitation_id) {
-        assert!(mcp::url_template_problem(url_t).is_none());
-        assert!(url.len() <= mcp::MAX_URL_BYTES);
+    if let Ok(url) = connect::connect_url(url_t, provider, elicitation_id) {
+        assert!(connect::url_template_problem(url_t).is_none());
+        assert!(url.len() <= connect::MAX_URL_BYTES);
         assert!(
             url.bytes()
                 .all(|c| c.is_ascii_graphic() && !b"\"\\{}<>^`| ".contains(&c)),
@@ -1272,10 +1274,11 @@ pub fn mcp_answers(data: &[u8]) {
         let lower = url.to_ascii_lowercase();
         assert!(lower.starts_with("https://") || lower.starts_with("http://"));
     }
-    let message = mcp::connect_message(msg_t, provider)
-        .unwrap_or_else(|_| mcp::connect_message(mcp::DEFAULT_MESSAGE_TEMPLATE, "p").unwrap());
+    let message = connect::connect_message(msg_t, provider).unwrap_or_else(|_| {
+        connect::connect_message(connect::DEFAULT_MESSAGE_TEMPLATE, "p").unwrap()
+    });
     assert!(!message.chars().any(char::is_control));
-    assert!(message.len() <= mcp::MAX_MESSAGE_BYTES);
+    assert!(message.len() <= connect::MAX_MESSAGE_BYTES);
 
     let elicitation = UrlElicitation::new(url_t, msg_t, provider, elicitation_id).ok();
     for tool_error in [false, true] {
@@ -1306,7 +1309,7 @@ pub fn mcp_answers(data: &[u8]) {
         scope: (p.len() > 6).then(|| part(&p, 6).to_owned()),
         resource_metadata: (p.len() > 7).then(|| part(&p, 7).to_owned()),
     };
-    let challenge = error::bearer_challenge("invalid_token", "d", &params);
+    let challenge = challenge::bearer_challenge("invalid_token", "d", &params);
     assert!(
         http::header_value_problem(&challenge).is_none(),
         "{challenge:?}"

@@ -14,6 +14,7 @@ use super::diag::{quote, Diagnostic};
 use super::input::{self, Source};
 use super::output::{self, Format, ISTIO_PHASES};
 use crate::config;
+use crate::report;
 use crate::validate;
 
 /// Exit status: success.
@@ -49,7 +50,7 @@ Check filter configurations exactly as the filter does when Envoy loads it
 
 Usage: outgoing-auth validate [OPTIONS] <CONFIG.json>...
 
-Runs the filter's own startup validation (outgoing_auth::config::load) on each file and prints
+Runs the filter's own startup validation (outgoing_auth::validate::load) on each file and prints
 every problem with its rule ID (V-01, S-04, ...; the README lists them). Environment variables
 named by headerValueEnv / clientSecretEnv are looked up in this command's own environment, as the
 filter looks them up in Envoy's; every variable the config needs is listed (values are never
@@ -350,7 +351,7 @@ fn validate(args: &[String], io: &mut Io<'_>) -> i32 {
 /// Validates one config and prints the result; true when it is valid.
 fn validate_one(source: &Source, quiet: bool, io: &mut Io<'_>) -> bool {
     let env = io.env;
-    let result = config::load(source.text.as_bytes(), &|name| env(name));
+    let result = validate::load(source.text.as_bytes(), &|name| env(name));
     let (ok, report) = match &result {
         Ok(loaded) => (true, &loaded.warnings),
         Err(report) => (false, report),
@@ -544,7 +545,7 @@ fn describe(c: &config::Config) -> String {
         .outgoing_auth
         .backends
         .iter()
-        .take(validate::MAX_LISTED_ITEMS)
+        .take(report::MAX_LISTED_ITEMS)
         .map(|(name, s)| format!("{} {}", short(name), s.type_name()))
         .collect();
     let n = c.outgoing_auth.backends.len();
@@ -557,7 +558,7 @@ fn describe(c: &config::Config) -> String {
             if n == 1 { "" } else { "s" },
             backends.join(", "),
             if more > 0 {
-                format!(", ... and {} more", validate::thousands(more))
+                format!(", ... and {} more", report::thousands(more))
             } else {
                 String::new()
             }

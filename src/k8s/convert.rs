@@ -17,7 +17,8 @@ use super::resources::{
     MCPExternalAuthConfigSpec, SecretKeyRef, VirtualServerSpec, EXTERNAL_AUTH_KIND,
 };
 use crate::config;
-use crate::validate::{backend_path, thousands, Problem, Report, Rule, MAX_LISTED_ITEMS};
+use crate::report::{backend_path, thousands, Problem, Report, Rule, MAX_LISTED_ITEMS};
+use crate::validate;
 
 /// What the command line adds to the resources.
 #[derive(Debug, Clone, Default)]
@@ -443,7 +444,7 @@ fn decode_diagnostic(origin: String, field: &str, e: &impl std::fmt::Display) ->
             format!(
                 "{field}: unknown field {}{}",
                 quote(name),
-                crate::validate::did_you_mean(name, &candidates)
+                crate::report::did_you_mean(name, &candidates)
             ),
         );
         return if candidates.is_empty() {
@@ -892,7 +893,7 @@ pub fn convert(resources: &[Resource], opts: &Options) -> Result<Conversion, Vec
             diags.push(Diagnostic::note("", line.text));
         }
     };
-    let warnings = match config::load(json.as_bytes(), &env) {
+    let warnings = match validate::load(json.as_bytes(), &env) {
         Ok(loaded) => {
             report_diags(&loaded.warnings, &mut diags);
             loaded.warnings
@@ -1012,7 +1013,7 @@ fn mcp_router(
         ("the issuing instance", to_json(&pair.issuing)),
         ("the accepting instance", to_json(&pair.accepting)),
     ] {
-        let (report, ok) = match config::load(json.as_bytes(), env) {
+        let (report, ok) = match validate::load(json.as_bytes(), env) {
             Ok(loaded) => (loaded.warnings, true),
             Err(report) => (report, false),
         };
