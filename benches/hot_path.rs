@@ -9,12 +9,12 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use outgoing_auth::cache::{CacheKey, ExchangeScope};
-use outgoing_auth::config::{CacheSettings, Strategy};
-use outgoing_auth::exchange;
-use outgoing_auth::metadata;
-use outgoing_auth::strategy::{Plans, RequestView};
-use outgoing_auth::validate;
+use outgoing_auth::core::cache::{CacheKey, ExchangeScope};
+use outgoing_auth::core::config::{CacheSettings, Strategy};
+use outgoing_auth::core::exchange;
+use outgoing_auth::core::metadata;
+use outgoing_auth::core::strategy::{Plans, RequestView};
+use outgoing_auth::core::validate;
 
 const CONFIG: &str = r#"{
   "authServer": { "upstreams": ["github", "atlassian", "google", "okta"] },

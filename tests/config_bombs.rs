@@ -13,11 +13,11 @@
 
 use std::time::{Duration, Instant};
 
-use outgoing_auth::k8s::cli::{run, Io};
-use outgoing_auth::report::{
+use outgoing_auth::core::report::{
     Report, Rule, MAX_MESSAGE_BYTES, MAX_PATH_BYTES, MAX_REPORTED_PROBLEMS,
 };
-use outgoing_auth::validate;
+use outgoing_auth::core::validate;
+use outgoing_auth::k8s::cli::{run, Io};
 use serde_json::{json, Map, Value};
 
 /// The longest problem line: `[V-02] ` + path + `: ` + message.

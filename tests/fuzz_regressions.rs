@@ -92,7 +92,7 @@ fn mcp_answers_inputs() {
 #[test]
 fn unknown_field_names_are_quoted_in_problem_paths() {
     let json = br#"{"outgoingAuth":{"source":"inline","x\n[V-00] ok":1},"bad\rkey":{}}"#;
-    let problems = outgoing_auth::validate::load(json, &|_| None).unwrap_err();
+    let problems = outgoing_auth::core::validate::load(json, &|_| None).unwrap_err();
     let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
     assert_eq!(
         paths,
@@ -103,7 +103,8 @@ fn unknown_field_names_are_quoted_in_problem_paths() {
         assert!(!line.contains(['\n', '\r']), "{line:?}");
     }
     // Plain names keep the dotted form.
-    let problems = outgoing_auth::validate::load(br#"{"outgoingAuth":{"defualt":{}}}"#, &|_| None)
-        .unwrap_err();
+    let problems =
+        outgoing_auth::core::validate::load(br#"{"outgoingAuth":{"defualt":{}}}"#, &|_| None)
+            .unwrap_err();
     assert_eq!(problems.problems()[0].path, "outgoingAuth.defualt");
 }

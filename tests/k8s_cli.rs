@@ -14,8 +14,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use outgoing_auth::core::{config, validate};
 use outgoing_auth::k8s::cli::{run, Io};
-use outgoing_auth::{config, validate};
 use serde_json::{json, Value};
 
 struct Out {
@@ -2327,7 +2327,7 @@ fn readme_convert_examples_are_the_real_output() {
 
 #[test]
 fn token_location_flags_become_auth_server_tokens_and_validate() {
-    use outgoing_auth::config::TokenLayout;
+    use outgoing_auth::core::config::TokenLayout;
     let out = cli(
         &[
             "convert",

@@ -9,9 +9,9 @@
     clippy::expect_used
 )]
 
-use outgoing_auth::config::{self, Strategy, SubjectTokenType, TokenLayout};
-use outgoing_auth::report::{Problem, Report, Rule};
-use outgoing_auth::validate;
+use outgoing_auth::core::config::{self, Strategy, SubjectTokenType, TokenLayout};
+use outgoing_auth::core::report::{Problem, Report, Rule};
+use outgoing_auth::core::validate;
 use serde_json::{json, Value};
 
 fn env(name: &str) -> Option<String> {
@@ -975,7 +975,7 @@ fn rule_ids_are_unique_and_well_formed() {
 
 #[test]
 fn s15_backend_name_sources_default_to_all_three() {
-    use outgoing_auth::config::BackendNameSource;
+    use outgoing_auth::core::config::BackendNameSource;
     let c = load(&json!({ "outgoingAuth": {} })).unwrap().config;
     assert_eq!(c.backend_name_sources, BackendNameSource::ALL);
     let c = load(

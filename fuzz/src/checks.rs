@@ -12,15 +12,15 @@
 //!
 //! Inputs that carry several strings split them at `0xFF` bytes, which never occur in UTF-8.
 
-use outgoing_auth::cache::{self, CacheKey, ExchangeScope};
-use outgoing_auth::config::{
+use outgoing_auth::core::cache::{self, CacheKey, ExchangeScope};
+use outgoing_auth::core::config::{
     CacheSettings, Config, Secret, SecretSource, Strategy, SubjectTokenType, TokenExchange,
     TokenLayout, TokenSource, TokenUrl,
 };
-use outgoing_auth::exchange::{self, ExchangeFailure};
-use outgoing_auth::metadata::{self, TokenProblem};
-use outgoing_auth::validate;
-use outgoing_auth::{http, report::Problem};
+use outgoing_auth::core::exchange::{self, ExchangeFailure};
+use outgoing_auth::core::metadata::{self, TokenProblem};
+use outgoing_auth::core::validate;
+use outgoing_auth::core::{http, report::Problem};
 use serde_json::Value;
 
 /// The input's `0xFF`-separated parts, each read as UTF-8 (invalid sequences become U+FFFD).
@@ -312,10 +312,10 @@ pub fn metadata_pairs(data: &[u8]) {
             "encode(decode(x)) != x"
         );
         // Diagnostics list provider names: every key, or the keys with the prefix, stripped.
-        let source = outgoing_auth::config::TokenSource::default();
+        let source = outgoing_auth::core::config::TokenSource::default();
         let providers = metadata::providers_in(&source, pairs);
         assert_eq!(providers.len(), pairs.len());
-        let source = outgoing_auth::config::TokenSource {
+        let source = outgoing_auth::core::config::TokenSource {
             layout: TokenLayout::KeyPrefix {
                 prefix: "x-upstream-token-".to_owned(),
             },
@@ -382,7 +382,7 @@ pub fn metadata_pairs(data: &[u8]) {
             prefix: key.to_owned(),
         },
     ] {
-        let source = outgoing_auth::config::TokenSource {
+        let source = outgoing_auth::core::config::TokenSource {
             namespace: namespace.to_owned(),
             layout: layout.clone(),
             max_token_bytes: 16_384,
@@ -683,7 +683,7 @@ pub fn form_encode(data: &[u8]) {
         .collect();
     assert_eq!(ref_form_decode(&encoded), owned, "decode(encode(x)) != x");
 
-    let b64 = outgoing_auth::base64::standard(data);
+    let b64 = outgoing_auth::core::base64::standard(data);
     assert_eq!(b64.len(), data.len().div_ceil(3) * 4);
     assert_eq!(ref_base64_decode(&b64).as_deref(), Some(data));
 
@@ -1222,9 +1222,9 @@ pub fn providers_summary(data: &[u8]) {
 /// elicitation id `0xFF` scope `0xFF` resource_metadata. The body is the raw bytes before the
 /// first `0xFF` (so it may be any non-UTF-8 that has no `0xFF`).
 pub fn mcp_answers(data: &[u8]) {
-    use outgoing_auth::challenge::{self, ChallengeParams};
-    use outgoing_auth::connect;
-    use outgoing_auth::mcp::{self, Answer, Body, Offer, ProtocolVersion, UrlElicitation};
+    use outgoing_auth::core::challenge::{self, ChallengeParams};
+    use outgoing_auth::core::connect;
+    use outgoing_auth::core::mcp::{self, Answer, Body, Offer, ProtocolVersion, UrlElicitation};
 
     let raw_body = data.split(|&b| b == 0xff).next().unwrap_or_default();
     let p = parts(data);

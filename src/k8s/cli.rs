@@ -13,9 +13,9 @@ use super::crd;
 use super::diag::{quote, Diagnostic};
 use super::input::{self, Source};
 use super::output::{self, Format, ISTIO_PHASES};
-use crate::config;
-use crate::report;
-use crate::validate;
+use crate::core::config;
+use crate::core::report;
+use crate::core::validate;
 
 /// Exit status: success.
 pub const EXIT_OK: i32 = 0;
@@ -50,7 +50,7 @@ Check filter configurations exactly as the filter does when Envoy loads it
 
 Usage: outgoing-auth validate [OPTIONS] <CONFIG.json>...
 
-Runs the filter's own startup validation (outgoing_auth::validate::load) on each file and prints
+Runs the filter's own startup validation (outgoing_auth::core::validate::load) on each file and prints
 every problem with its rule ID (V-01, S-04, ...; the README lists them). Environment variables
 named by headerValueEnv / clientSecretEnv are looked up in this command's own environment, as the
 filter looks them up in Envoy's; every variable the config needs is listed (values are never

@@ -16,9 +16,9 @@ use super::resources::{
     header_injection_value_env, token_exchange_secret_env, BackendAuthConfig, ExternalAuthType,
     MCPExternalAuthConfigSpec, SecretKeyRef, VirtualServerSpec, EXTERNAL_AUTH_KIND,
 };
-use crate::config;
-use crate::report::{backend_path, thousands, Problem, Report, Rule, MAX_LISTED_ITEMS};
-use crate::validate;
+use crate::core::config;
+use crate::core::report::{backend_path, thousands, Problem, Report, Rule, MAX_LISTED_ITEMS};
+use crate::core::validate;
 
 /// What the command line adds to the resources.
 #[derive(Debug, Clone, Default)]
@@ -444,7 +444,7 @@ fn decode_diagnostic(origin: String, field: &str, e: &impl std::fmt::Display) ->
             format!(
                 "{field}: unknown field {}{}",
                 quote(name),
-                crate::report::did_you_mean(name, &candidates)
+                crate::core::report::did_you_mean(name, &candidates)
             ),
         );
         return if candidates.is_empty() {

@@ -5,7 +5,7 @@
 //! - [`resources`]: the resource types, the single source of truth for the CRD;
 //! - [`crd`]: the CRD manifest generated from them;
 //! - [`input`]: reading YAML/JSON documents and sorting them by kind;
-//! - [`convert`]: resources → filter config, checked with [`crate::validate::load`];
+//! - [`convert`]: resources → filter config, checked with [`crate::core::validate::load`];
 //! - [`output`]: the output formats;
 //! - [`cli`]: the command line.
 

@@ -317,7 +317,7 @@ fn mcp_router_yaml(
         &[STS_CLUSTER_ADVICE.to_owned()],
         &mcp_router_comment(pair),
     );
-    let header_value = crate::config::DEFAULT_HANDOFF_HEADER;
+    let header_value = crate::core::config::DEFAULT_HANDOFF_HEADER;
     let issuing_comment = comment_block(&[
         "1. The issuing instance: in the listener's http_filters, after the auth filter".to_owned(),
         "   (ext_authz, ...) and envoy.filters.http.mcp, before envoy.filters.http.mcp_router."
@@ -353,7 +353,7 @@ fn mcp_router_yaml(
 /// What the header says about the mcp_router layout: the shared vm_id, the cluster names, why
 /// `clientBearer`, `header_forwarding` (with a snippet) and `lazy_initialization`.
 fn mcp_router_comment(pair: &McpRouter) -> Vec<String> {
-    let header = crate::config::DEFAULT_HANDOFF_HEADER;
+    let header = crate::core::config::DEFAULT_HANDOFF_HEADER;
     let mut out = vec![
         "Behind envoy.filters.http.mcp_router (README \"Behind mcp_router\"; envoy/mcp-router.yaml"
             .to_owned(),

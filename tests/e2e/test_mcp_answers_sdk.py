@@ -1,4 +1,4 @@
-"""The MCP answers of ``src/mcp.rs``, read by the pinned MCP Python SDK (no Envoy needed).
+"""The MCP answers of ``src/core/mcp.rs``, read by the pinned MCP Python SDK (no Envoy needed).
 
 ``cargo test`` checks that each answer builder writes exactly the golden file under
 ``tests/data/mcp/``; this file checks that the SDK reads each golden file as we mean it:

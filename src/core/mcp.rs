@@ -1,6 +1,6 @@
 //! MCP-aware answers for a request whose backend credential is missing, host-independent.
 //!
-//! Today such a request gets a 401 Bearer challenge ([`crate::error`]). An MCP client can do more
+//! Today such a request gets a 401 Bearer challenge ([`crate::core::error`]). An MCP client can do more
 //! with an answer in its own protocol: a tool result that tells the model which account to connect,
 //! or a URL elicitation that sends the user to a connect page. This module reads the request body
 //! ([`classify`]) and the `MCP-Protocol-Version` header ([`ProtocolVersion::from_header`]), decides
@@ -82,8 +82,8 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::connect::{connect_message, connect_url, elicitation_id_problem};
-use crate::error::LocalReply;
+use crate::core::connect::{connect_message, connect_url, elicitation_id_problem};
+use crate::core::error::LocalReply;
 
 /// Bodies larger than this are not read: such a request gets today's 401. MCP requests that
 /// reach a backend without a credential are small; a `tools/call` with big arguments still fits.
@@ -697,7 +697,7 @@ pub enum ResultShape {
 /// Which answer a request gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    /// Today's 401 challenge ([`crate::error::AuthError::reply_with`]).
+    /// Today's 401 challenge ([`crate::core::error::AuthError::reply_with`]).
     Unauthorized(Unanswerable),
     /// HTTP 200, a `tools/call` result with `isError: true` naming the provider to connect.
     ToolError { id: RequestId, shape: ResultShape },
@@ -1009,7 +1009,7 @@ mod tests {
     fn elicitation() -> UrlElicitation {
         UrlElicitation::new(
             "https://gateway.example/connect/{provider}?elicitation={elicitationId}",
-            crate::connect::DEFAULT_MESSAGE_TEMPLATE,
+            crate::core::connect::DEFAULT_MESSAGE_TEMPLATE,
             "github",
             "550e8400-e29b-41d4-a716-446655440000",
         )
@@ -1192,7 +1192,7 @@ mod tests {
         assert_eq!(r.input_responses, ["connect:github"]);
         let elicitation = UrlElicitation::new(
             "https://gw.example/connect/{provider}?e={elicitationId}",
-            crate::connect::DEFAULT_MESSAGE_TEMPLATE,
+            crate::core::connect::DEFAULT_MESSAGE_TEMPLATE,
             "github",
             "id-1",
         )
@@ -1475,15 +1475,15 @@ mod tests {
             "input-required-2026-07-28.http",
             &input_required_reply(&string, "github", &e),
         );
-        let challenge = crate::challenge::ChallengeParams {
+        let challenge = crate::core::challenge::ChallengeParams {
             resource_metadata: Some(
                 "https://gateway.example/.well-known/oauth-protected-resource/mcp".into(),
             ),
             scope: Some("mcp:tools repo".into()),
         };
-        let missing = crate::error::AuthError::UpstreamTokenNotFound {
+        let missing = crate::core::error::AuthError::UpstreamTokenNotFound {
             provider: "github".into(),
-            problem: crate::metadata::TokenProblem::Absent,
+            problem: crate::core::metadata::TokenProblem::Absent,
         };
         golden("unauthorized.http", &missing.reply_with(&challenge));
     }

@@ -9,8 +9,8 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{CacheSettings, TokenExchange};
-use crate::exchange::ACCESS_TOKEN_TYPE;
+use crate::core::config::{CacheSettings, TokenExchange};
+use crate::core::exchange::ACCESS_TOKEN_TYPE;
 
 /// Everything but the subject that decides what the STS returns, and the lifetime rules an entry
 /// was stored under, hashed once per configuration: two configurations share cache entries only
@@ -160,7 +160,7 @@ pub fn holds(entry: &[u8], key: &CacheKey) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Secret, SecretSource, SubjectTokenType};
+    use crate::core::config::{Secret, SecretSource, SubjectTokenType};
 
     fn te() -> TokenExchange {
         TokenExchange {
@@ -329,7 +329,7 @@ mod tests {
         assert_eq!(s.ttl_secs(None), Some(60));
         assert_eq!(
             s.ttl_secs(Some(u64::MAX)),
-            Some(crate::config::MAX_TTL_SECS),
+            Some(crate::core::config::MAX_TTL_SECS),
             "a huge expires_in is capped"
         );
         let off = CacheSettings {

@@ -2,9 +2,9 @@
 //!
 //! Replies name the provider or the failure class, never a token, a secret or an upstream body.
 
-use crate::challenge::{bearer_challenge, ChallengeParams};
-use crate::exchange::ExchangeFailure;
-use crate::metadata::TokenProblem;
+use crate::core::challenge::{bearer_challenge, ChallengeParams};
+use crate::core::exchange::ExchangeFailure;
+use crate::core::metadata::TokenProblem;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {

@@ -8,8 +8,8 @@
 
 use std::fmt;
 
-use crate::config::{TokenLayout, TokenSource};
-use crate::http;
+use crate::core::config::{TokenLayout, TokenSource};
+use crate::core::http;
 
 /// The segments of the property path that holds `provider`'s token.
 pub fn token_path(source: &TokenSource, provider: &str) -> Vec<String> {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::cache::CacheKey;
+use crate::core::cache::CacheKey;
 
 /// One STS call in flight and the requests waiting for its answer.
 #[derive(Debug)]
@@ -117,9 +117,9 @@ impl<C> Flights<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::ExchangeScope;
-    use crate::config::CacheSettings;
-    use crate::config::TokenExchange;
+    use crate::core::cache::ExchangeScope;
+    use crate::core::config::CacheSettings;
+    use crate::core::config::TokenExchange;
 
     fn key(subject: &str) -> CacheKey {
         let scope = ExchangeScope::new(&TokenExchange::example(), &CacheSettings::default());

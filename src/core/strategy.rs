@@ -7,12 +7,12 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use crate::cache::ExchangeScope;
-use crate::config::{CacheSettings, Config, Secret, Strategy, TokenExchange, TokenSource};
-use crate::error::AuthError;
-use crate::http::{self, BearerProblem};
-use crate::metadata::{self, TokenProblem};
-use crate::stats::Counter;
+use crate::core::cache::ExchangeScope;
+use crate::core::config::{CacheSettings, Config, Secret, Strategy, TokenExchange, TokenSource};
+use crate::core::error::AuthError;
+use crate::core::http::{self, BearerProblem};
+use crate::core::metadata::{self, TokenProblem};
+use crate::core::stats::Counter;
 
 /// A strategy ready to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub struct ExchangePlan {
 /// failed), whether the typed metadata says that value is a string (read only when
 /// [`metadata::may_be_number`] says it could be a number; `None` otherwise or when unreadable)
 /// and, when [`Plan::needs_client_bearer`], the client's own `Authorization` header as the
-/// client sent it (on a re-run, from the [`crate::stream::StreamRecord`], not the headers).
+/// client sent it (on a re-run, from the [`crate::core::stream::StreamRecord`], not the headers).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'t> {
     pub upstream_token: Result<Option<&'t [u8]>, ()>,
@@ -337,7 +337,7 @@ impl Plans {
         }
     }
 
-    /// Whether a run of this configuration needs the [`crate::stream::StreamRecord`]: when a
+    /// Whether a run of this configuration needs the [`crate::core::stream::StreamRecord`]: when a
     /// re-run could otherwise exchange what an earlier run set, or pass on a header an earlier
     /// run set for another backend. Without either, every re-run is already exact: each
     /// strategy replaces or removes `Authorization`, and the removals are idempotent.
@@ -362,8 +362,8 @@ impl Plans {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exchange::ExchangeFailure;
-    use crate::validate;
+    use crate::core::exchange::ExchangeFailure;
+    use crate::core::validate;
 
     fn plans(json: &str) -> Plans {
         let env = |name: &str| (name == "INTERNAL_KEY").then(|| "internal-secret".to_owned());

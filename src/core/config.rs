@@ -10,10 +10,14 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::challenge::{resource_metadata_problem, scope_problem, ChallengeParams};
-use crate::connect::{message_template_problem, url_template_problem, DEFAULT_MESSAGE_TEMPLATE};
-use crate::http;
-use crate::report::{backend_path, did_you_mean, member_path, quote, Problems, Rule, DEFAULT_PATH};
+use crate::core::challenge::{resource_metadata_problem, scope_problem, ChallengeParams};
+use crate::core::connect::{
+    message_template_problem, url_template_problem, DEFAULT_MESSAGE_TEMPLATE,
+};
+use crate::core::http;
+use crate::core::report::{
+    backend_path, did_you_mean, member_path, quote, Problems, Rule, DEFAULT_PATH,
+};
 
 pub const DEFAULT_METADATA_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 pub const DEFAULT_METADATA_KEY: &str = "upstream_tokens";
@@ -388,7 +392,7 @@ pub(crate) struct Decoded {
     pub(crate) missing_provider: Vec<Option<String>>,
 }
 
-/// Decodes the JSON, reporting the structural (`S-xx`) problems; [`crate::validate::load`] then
+/// Decodes the JSON, reporting the structural (`S-xx`) problems; [`crate::core::validate::load`] then
 /// applies the cross-field rules.
 pub(crate) fn decode(
     json: &[u8],

@@ -1,5 +1,5 @@
 //! The `missingToken` templates: the connect URL and the connect message an MCP answer carries
-//! when a backend's upstream token is missing ([`crate::mcp`] builds the answers). Configuration
+//! when a backend's upstream token is missing ([`crate::core::mcp`] builds the answers). Configuration
 //! checks each template once ([`url_template_problem`], [`message_template_problem`]); a request
 //! fills them in, percent-encoding what it puts into a URL.
 

@@ -12,7 +12,7 @@
 //! The adapter keeps the record in filter state that lives as long as the client's request
 //! ([`PROPERTY`]), which neither a client nor a backend can write.
 
-use crate::metadata;
+use crate::core::metadata;
 
 /// The filter state property holding the record (Envoy shows it as `wasm.outgoing_auth.request`).
 pub const PROPERTY: &str = "outgoing_auth.request";

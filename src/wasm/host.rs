@@ -8,7 +8,7 @@ use std::ptr::{null, null_mut};
 
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status, StreamType};
 
-use crate::metadata;
+use crate::core::metadata;
 
 // Same signatures as the SDK's declarations of these imports.
 #[link(wasm_import_module = "env")]

@@ -5,9 +5,9 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::base64;
-use crate::config::TokenExchange;
-use crate::http;
+use crate::core::base64;
+use crate::core::config::TokenExchange;
+use crate::core::http;
 
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -320,7 +320,7 @@ fn truncate_for_log(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Secret, SecretSource, SubjectTokenType};
+    use crate::core::config::{Secret, SecretSource, SubjectTokenType};
 
     fn te() -> TokenExchange {
         TokenExchange::example()

@@ -18,8 +18,8 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use sha2::{Digest, Sha256};
 
-use crate::base64;
-use crate::metadata;
+use crate::core::base64;
+use crate::core::metadata;
 
 /// Shared-data key of the key the instances of one `vm_id` share when none is configured.
 pub const SHARED_KEY_NAME: &str = "outgoing_auth.handoff.key";
@@ -87,7 +87,7 @@ pub struct Handoff {
     /// When it was issued, Unix milliseconds.
     pub issued_at_ms: u64,
     /// The client's MCP request as Envoy's mcp filter parsed it (see
-    /// [`crate::mcp::request_from_metadata`]), for an answer in MCP when a credential is missing.
+    /// [`crate::core::mcp::request_from_metadata`]), for an answer in MCP when a credential is missing.
     pub mcp_request: Option<Vec<u8>>,
     /// The client's `MCP-Protocol-Version` header, which mcp_router does not forward.
     pub mcp_protocol_version: Option<Vec<u8>>,

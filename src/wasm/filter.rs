@@ -12,22 +12,22 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType};
 
-use crate::cache::{self, CacheKey};
-use crate::config::{self, CacheSettings, HandoffConfig, HandoffMode};
-use crate::connect;
-use crate::error::AuthError;
-use crate::error::LocalReply;
-use crate::exchange::{self, ExchangeFailure, Issued, StsRequest};
-use crate::flights::{Departure, Flights};
-use crate::handoff::{self, Handoff, HandoffProblem, Key};
-use crate::host;
-use crate::http;
-use crate::mcp;
-use crate::metadata;
-use crate::stats::Counter;
-use crate::strategy::{Decision, Edit, ExchangePlan, Plan, Plans, RequestView, UpstreamRef};
-use crate::stream::{self, StreamRecord};
-use crate::validate;
+use super::host;
+use crate::core::cache::{self, CacheKey};
+use crate::core::config::{self, CacheSettings, HandoffConfig, HandoffMode};
+use crate::core::connect;
+use crate::core::error::AuthError;
+use crate::core::error::LocalReply;
+use crate::core::exchange::{self, ExchangeFailure, Issued, StsRequest};
+use crate::core::flights::{Departure, Flights};
+use crate::core::handoff::{self, Handoff, HandoffProblem, Key};
+use crate::core::http;
+use crate::core::mcp;
+use crate::core::metadata;
+use crate::core::stats::Counter;
+use crate::core::strategy::{Decision, Edit, ExchangePlan, Plan, Plans, RequestView, UpstreamRef};
+use crate::core::stream::{self, StreamRecord};
+use crate::core::validate;
 
 /// Metric ids, by [`Counter::index`]; `None` when the host refused to define one.
 type Counters = [Option<u32>; Counter::ALL.len()];
@@ -54,7 +54,7 @@ struct Runtime {
     missing: config::MissingToken,
 }
 
-/// An issuing or accepting instance of the hand-off (see [`crate::handoff`]).
+/// An issuing or accepting instance of the hand-off (see [`crate::core::handoff`]).
 struct HandoffRuntime {
     mode: HandoffMode,
     /// Lower case.
@@ -389,7 +389,7 @@ impl Runtime {
     }
 
     /// Makes this run start from the client's original request, however often Envoy ran the
-    /// filter on it before (retries, internal redirects; see [`crate::stream`]): removes what
+    /// filter on it before (retries, internal redirects; see [`crate::core::stream`]): removes what
     /// earlier runs set, and the client credentials no backend receives. Returns the record,
     /// which holds the client's own `Authorization` when the configuration reads it.
     fn start_from_client_request(&self, plan: &Plan) -> Result<StreamRecord, AuthError> {
@@ -992,7 +992,7 @@ impl HttpContext for Filter {
     }
 }
 
-/// Gives the per-request record ([`crate::stream`]) the life span of the client's request, so
+/// Gives the per-request record ([`crate::core::stream`]) the life span of the client's request, so
 /// that it survives internal redirects (the default, the filter chain's, would not).
 fn declare_stream_record() -> bool {
     match host::call_foreign_function("declare_property", &stream::declare_property_arguments()) {

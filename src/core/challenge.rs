@@ -1,7 +1,7 @@
 //! The `WWW-Authenticate: Bearer` challenge of a 401 (RFC 6750 §3) and the checks its configured
 //! auth-params pass before they are ever sent.
 
-use crate::http;
+use crate::core::http;
 
 /// Auth-params a 401 `Bearer` challenge may carry besides `error` and `error_description`:
 /// `resource_metadata`, the URL of the RFC 9728 protected resource metadata (RFC 9728 §5.1; MCP's

@@ -1,12 +1,14 @@
 //! Startup validation: the decoded configuration's cross-field rules, and [`load`], which decodes
 //! and validates a plugin configuration. Structural rules (`S-xx`) are checked while the JSON is
-//! decoded ([`crate::config`]); the cross-field rules ToolHive defines (`V-xx`) are checked here,
-//! on the decoded config. All problems are reported ([`crate::report`]), never just the first.
+//! decoded ([`crate::core::config`]); the cross-field rules ToolHive defines (`V-xx`) are checked here,
+//! on the decoded config. All problems are reported ([`crate::core::report`]), never just the first.
 
 use std::collections::HashSet;
 
-use crate::config::{decode, Config, Decoded, Strategy};
-use crate::report::{backend_path, bounded_list, quote, Problems, Report, Rule, DEFAULT_PATH};
+use crate::core::config::{decode, Config, Decoded, Strategy};
+use crate::core::report::{
+    backend_path, bounded_list, quote, Problems, Report, Rule, DEFAULT_PATH,
+};
 
 /// A decoded configuration, with the warnings it raised.
 #[derive(Debug)]
@@ -20,7 +22,7 @@ pub struct Loaded {
 /// `vm_config.environment_variables` inside Envoy; the process environment in the CLI).
 ///
 /// On failure returns the problems found (errors and warnings) as a bounded [`Report`]: the first
-/// [`crate::report::MAX_REPORTED_PROBLEMS`] in full, and the true counts. Time and memory are linear in
+/// [`crate::core::report::MAX_REPORTED_PROBLEMS`] in full, and the true counts. Time and memory are linear in
 /// the size of the configuration, whatever it holds.
 pub fn load(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Report> {
     let mut problems = Problems::default();

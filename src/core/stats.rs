@@ -1,6 +1,6 @@
 //! The filter's counters. Envoy shows them in `/stats` as `wasmcustom.<name>`.
 
-use crate::exchange::ExchangeFailure;
+use crate::core::exchange::ExchangeFailure;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
