@@ -10,6 +10,7 @@ pub mod connect;
 pub mod error;
 pub mod exchange;
 pub mod flights;
+pub mod flow;
 pub mod handoff;
 pub mod http;
 pub mod mcp;

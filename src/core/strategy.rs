@@ -8,7 +8,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::core::cache::ExchangeScope;
-use crate::core::config::{CacheSettings, Config, Secret, Strategy, TokenExchange, TokenSource};
+use crate::core::config::{
+    BackendNameSource, CacheSettings, Config, Secret, Strategy, TokenExchange, TokenSource,
+};
 use crate::core::error::AuthError;
 use crate::core::http::{self, BearerProblem};
 use crate::core::metadata::{self, TokenProblem};
@@ -270,8 +272,8 @@ pub struct Plans {
     reads_client_bearer: bool,
     /// Some plan sets a header other than `authorization`: a re-run must remove it.
     sets_custom_header: bool,
-    /// Serialized property paths of the backend name sources, in order.
-    backend_name_paths: Vec<&'static [u8]>,
+    /// Where the backend name is looked up, in order.
+    backend_name_sources: Vec<BackendNameSource>,
 }
 
 impl Plans {
@@ -319,21 +321,17 @@ impl Plans {
             },
             reads_client_bearer,
             sets_custom_header,
-            backend_name_paths: config
-                .backend_name_sources
-                .iter()
-                .map(|s| s.property_path())
-                .collect(),
+            backend_name_sources: config.backend_name_sources.clone(),
         }
     }
 
-    /// The property paths to try, in order, for a request's backend name. Empty when the name
-    /// does not matter (no per-backend strategies): the request path then reads nothing.
-    pub fn backend_name_paths(&self) -> &[&'static [u8]] {
+    /// The sources to try, in order, for a request's backend name. Empty when the name does not
+    /// matter (no per-backend strategies): the request path then reads nothing.
+    pub fn backend_name_sources(&self) -> &[BackendNameSource] {
         if self.backends.is_empty() {
             &[]
         } else {
-            &self.backend_name_paths
+            &self.backend_name_sources
         }
     }
 
@@ -445,20 +443,13 @@ mod tests {
     fn no_default_means_unauthenticated() {
         let p = plans(r#"{"outgoingAuth": {}}"#);
         assert_eq!(p.for_backend(Some(b"anything")), &Plan::Unauthenticated);
-        assert!(p.backend_name_paths().is_empty(), "nothing to look up");
+        assert!(p.backend_name_sources().is_empty(), "nothing to look up");
     }
 
     #[test]
     fn backend_name_sources_default_to_all_three_in_order() {
         let p = plans(EXAMPLE);
-        assert_eq!(
-            p.backend_name_paths(),
-            [
-                &b"xds\0route_metadata\0filter_metadata\0outgoing_auth\0backend"[..],
-                &b"xds\0cluster_metadata\0filter_metadata\0outgoing_auth\0backend"[..],
-                &b"xds\0cluster_name"[..],
-            ]
-        );
+        assert_eq!(p.backend_name_sources(), BackendNameSource::ALL);
     }
 
     #[test]
@@ -467,7 +458,7 @@ mod tests {
             r#"{"backendNameSources": ["clusterName"],
                 "outgoingAuth": {"backends": {"a": {"type": "unauthenticated"}}}}"#,
         );
-        assert_eq!(p.backend_name_paths(), [&b"xds\0cluster_name"[..]]);
+        assert_eq!(p.backend_name_sources(), [BackendNameSource::ClusterName]);
     }
 
     #[test]

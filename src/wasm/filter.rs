@@ -1,7 +1,6 @@
 //! The proxy-wasm adapter: configuration loading and the request path. All decisions are made
 //! by the host-independent modules; this file only moves bytes between them and the host.
 
-use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -14,19 +13,17 @@ use proxy_wasm::types::{Action, BufferType, ContextType};
 
 use super::host;
 use crate::core::cache::{self, CacheKey};
-use crate::core::config::{self, CacheSettings, HandoffConfig, HandoffMode};
-use crate::core::connect;
-use crate::core::error::AuthError;
-use crate::core::error::LocalReply;
+use crate::core::config::{BackendNameSource, CacheSettings, TokenSource};
+use crate::core::error::{AuthError, LocalReply};
 use crate::core::exchange::{self, ExchangeFailure, Issued, StsRequest};
 use crate::core::flights::{Departure, Flights};
-use crate::core::handoff::{self, Handoff, HandoffProblem, Key};
-use crate::core::http;
+use crate::core::flow::{self, Engine, ExchangeStep, HandoffRuntime, HostError, Step, TokenRead};
+use crate::core::handoff::{self, Key};
 use crate::core::mcp;
 use crate::core::metadata;
 use crate::core::stats::Counter;
-use crate::core::strategy::{Decision, Edit, ExchangePlan, Plan, Plans, RequestView, UpstreamRef};
-use crate::core::stream::{self, StreamRecord};
+use crate::core::strategy::{Edit, Plans, UpstreamRef};
+use crate::core::stream;
 use crate::core::validate;
 
 /// Metric ids, by [`Counter::index`]; `None` when the host refused to define one.
@@ -41,97 +38,13 @@ const ORPHAN_TICK_MS: u32 = 1;
 
 /// What every request of one plugin configuration shares (per worker thread).
 struct Runtime {
-    plans: Plans,
+    engine: Engine,
     cache: CacheSettings,
     counters: Counters,
     /// STS calls in flight on this worker: identical misses wait for one call.
     flights: RefCell<Flights<StsCall>>,
     /// Calls the root context made for flights whose requester went away: call token → key.
     root_calls: RefCell<HashMap<u32, CacheKey>>,
-    /// This instance's part in the mcp_router hand-off, if any.
-    handoff: Option<HandoffRuntime>,
-    /// How a missing upstream token is answered.
-    missing: config::MissingToken,
-}
-
-/// An issuing or accepting instance of the hand-off (see [`crate::core::handoff`]).
-struct HandoffRuntime {
-    mode: HandoffMode,
-    /// Lower case.
-    header: String,
-    key: RefCell<Key>,
-    /// The key is the VM's shared random one (not `keyEnv`): re-read it when a seal does not open,
-    /// in case another VM made it first.
-    shared_key: bool,
-    /// Issuing: every configured provider, read from dynamic metadata.
-    upstreams: Vec<UpstreamRef>,
-}
-
-impl HandoffRuntime {
-    fn new(config: &HandoffConfig, upstreams: Vec<UpstreamRef>) -> Result<Self, String> {
-        let (key, shared_key) = match &config.key {
-            Some(secret) => (Key::derive(secret.value.expose()), false),
-            None => (shared_handoff_key()?, true),
-        };
-        Ok(HandoffRuntime {
-            mode: config.mode,
-            header: config.header.clone(),
-            key: RefCell::new(key),
-            shared_key,
-            upstreams,
-        })
-    }
-
-    fn accepting(&self) -> bool {
-        self.mode == HandoffMode::Accept
-    }
-
-    /// Opens a sealed hand-off; when it does not open under the cached shared key, once more
-    /// under the key in shared data (another VM may have made it first).
-    fn open(&self, sealed: &[u8]) -> Result<Handoff, HandoffProblem> {
-        let now = host::now_ms().unwrap_or(0);
-        let opened = Handoff::open(sealed, &self.key.borrow(), now);
-        match opened {
-            Err(HandoffProblem::NotSealedHere) if self.shared_key => {
-                let current = host::shared_data(handoff::SHARED_KEY_NAME)
-                    .ok()
-                    .flatten()
-                    .and_then(|k| Key::from_slice(&k));
-                match current {
-                    Some(key) if key != *self.key.borrow() => {
-                        let again = Handoff::open(sealed, &key, now);
-                        *self.key.borrow_mut() = key;
-                        again
-                    }
-                    _ => opened,
-                }
-            }
-            other => other,
-        }
-    }
-}
-
-/// Whether the request is a POST (an MCP JSON-RPC request is).
-fn is_post() -> bool {
-    host::request_header(":method")
-        .ok()
-        .flatten()
-        .is_some_and(|m| m == b"POST")
-}
-
-/// The request's `MCP-Protocol-Version` header, if it is short enough to be one.
-fn protocol_version_header() -> Option<Vec<u8>> {
-    host::request_header(mcp::PROTOCOL_VERSION_HEADER)
-        .ok()
-        .flatten()
-        .filter(|v| v.len() <= 64)
-}
-
-/// A fresh elicitation id: 128 random bits, hex.
-fn elicitation_id() -> Option<String> {
-    let mut bytes = [0u8; 16];
-    host::random_bytes(&mut bytes).ok()?;
-    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Where Envoy's `envoy.filters.http.mcp` filter leaves the JSON-RPC request it parsed.
@@ -214,13 +127,6 @@ impl StsCall {
 }
 
 impl Runtime {
-    fn count(&self, counter: Counter) {
-        if let Some(Some(id)) = self.counters.get(counter.index()) {
-            // A failed increment loses one sample; it must not fail the request.
-            let _ = host::increment(*id);
-        }
-    }
-
     fn on_request_headers(
         &self,
         context_id: u32,
@@ -228,346 +134,51 @@ impl Runtime {
         exchange_key: &mut Option<CacheKey>,
         pending: &mut Option<AuthError>,
     ) -> Action {
-        if let Some(issuer) = self.handoff.as_ref().filter(|h| !h.accepting()) {
-            return self.issue_handoff(issuer).unwrap_or_else(|err| {
-                warn!("outgoing-auth: hand-off not issued: {err}");
-                self.count(Counter::HostError);
-                self.reply(&err)
-            });
-        }
-        let backend = backend_name(self.plans.backend_name_paths());
-        let plan = self.plans.for_backend(backend.as_deref());
-        // The MCP request behind mcp_router, from the hand-off (for an answer in MCP).
-        let mut mcp_request = None;
-        let result = self.start_from_client_request(plan).and_then(|record| {
-            // Accepting: the tokens come from the hand-off; otherwise from dynamic metadata.
-            let handoff = self.accepted_handoff(plan, &record, backend.as_deref());
-            if let Some(Some(h)) = &handoff {
-                mcp_request = h
-                    .mcp_request
-                    .clone()
-                    .map(|r| (r, h.mcp_protocol_version.clone()));
+        let host = self.host();
+        match self.engine.on_request_headers(&host, end_of_stream) {
+            Step::Continue => Action::Continue,
+            Step::Replied => Action::Pause,
+            Step::AwaitBody(err) => {
+                *pending = Some(err);
+                Action::Pause // The body comes to on_http_request_body.
             }
-            let token: Result<Option<Cow<'_, [u8]>>, ()> = match (&handoff, plan.upstream()) {
-                (_, None) => Ok(None),
-                (Some(h), Some(upstream)) => Ok(h
-                    .as_ref()
-                    .and_then(|h| h.token(&upstream.provider))
-                    .map(|t| Cow::Borrowed(t.as_bytes()))),
-                (None, Some(upstream)) => host::get_property(&upstream.token_path)
-                    .map(|t| t.map(Cow::Owned))
-                    .map_err(|status| {
-                        debug!("outgoing-auth: reading the upstream token failed: {status:?}");
-                    }),
-            };
-            let upstream_token = token.as_ref().map(|t| t.as_deref()).map_err(|_| ());
-            let (typed_string, authorization) = match &handoff {
-                // The issuing instance checked that each token is a string.
-                Some(h) => (
-                    Some(true),
-                    h.as_ref().and_then(|h| h.client_authorization.as_deref()),
-                ),
-                None => (
-                    typed_string(plan.upstream(), upstream_token),
-                    record.client_authorization.as_deref(),
-                ),
-            };
-            let view = RequestView {
-                upstream_token,
-                typed_string,
-                authorization,
-            };
-            match plan.decide(view, self.plans.tokens.max_token_bytes)? {
-                Decision::Forward(edit) => {
-                    self.forward(&edit)?;
-                    Ok(Action::Continue)
-                }
-                Decision::Exchange { plan, subject } => {
-                    self.exchange(plan, subject, context_id, exchange_key)
-                }
-            }
-        });
-        result.unwrap_or_else(|err| {
-            self.log_rejection(&err, plan.type_name(), backend.as_deref());
-            self.count(plan.rejection_counter(&err));
-            self.answer_rejection(&err, mcp_request, end_of_stream, pending)
-        })
-    }
-
-    /// Answers a rejected request. A missing upstream token gets an answer in MCP where the
-    /// request takes one ([`mcp::decide`]): behind mcp_router a `tools/call` a tool result with
-    /// `isError` (mcp_router turns a 401 into a generic 500 but relays a 200); with a connect URL
-    /// for the provider a URL elicitation. Which request it is comes from the hand-off, from what
-    /// `envoy.filters.http.mcp` parsed, or (with `missingToken.readBody`) from the body itself,
-    /// which is then awaited (`pending`). Everything else gets the error's own reply.
-    fn answer_rejection(
-        &self,
-        err: &AuthError,
-        from_handoff: Option<(Vec<u8>, Option<Vec<u8>>)>,
-        end_of_stream: bool,
-        pending: &mut Option<AuthError>,
-    ) -> Action {
-        let AuthError::UpstreamTokenNotFound { provider, .. } = err else {
-            return self.reply(err);
-        };
-        let accepting = self.handoff.as_ref().is_some_and(HandoffRuntime::accepting);
-        if !accepting && !self.missing.connect_urls.contains_key(provider) {
-            return self.reply(err); // No answer in MCP could apply: read nothing more.
-        }
-        // The body itself says most (a 2026-07-28 request's declared capabilities too).
-        if self.missing.read_body && !end_of_stream && is_post() {
-            *pending = Some(err.clone());
-            return Action::Pause; // The body comes to on_http_request_body.
-        }
-        let request = match from_handoff {
-            Some(request) => Some(request),
-            None if accepting => None,
-            None => mcp_request_from_metadata().map(|r| (r, protocol_version_header())),
-        };
-        match request {
-            Some((body, version)) => self.answer_in_mcp(err, &body, version.as_deref()),
-            None => self.reply(err),
+            Step::Exchange(step) => self
+                .exchange(&host, &step, context_id, exchange_key)
+                .unwrap_or_else(|err| {
+                    self.engine.reject(&host, &step, &err);
+                    Action::Pause
+                }),
         }
     }
 
-    /// The answer in MCP to `request` (a JSON-RPC body) whose upstream token is missing, or the
-    /// error's own reply when the request takes none.
-    fn answer_in_mcp(&self, err: &AuthError, request: &[u8], version: Option<&[u8]>) -> Action {
-        let AuthError::UpstreamTokenNotFound { provider, .. } = err else {
-            return self.reply(err);
-        };
-        let message = connect::connect_message(&self.missing.message, provider).unwrap_or_default();
-        let elicitation = self
-            .missing
-            .connect_urls
-            .get(provider)
-            .and_then(|template| {
-                let id = elicitation_id()?;
-                mcp::UrlElicitation::new(template, &self.missing.message, provider, &id).ok()
-            });
-        // A revision without URL elicitation still shows the link in the tool error's text.
-        let tool_message = match &elicitation {
-            Some(e) => format!("{message} {}", e.url()),
-            None => message,
-        };
-        let offer = mcp::Offer {
-            provider,
-            message: &tool_message,
-            tool_error: self.handoff.as_ref().is_some_and(HandoffRuntime::accepting),
-            elicitation: elicitation.as_ref(),
-        };
-        let answer = mcp::decide(
-            &mcp::classify(request),
-            mcp::ProtocolVersion::from_header(version),
-            &offer,
-        );
-        let counter = match &answer {
-            mcp::Answer::ToolError { .. } => Counter::McpToolError,
-            mcp::Answer::UrlElicitationRequired { .. } => Counter::McpUrlElicitation,
-            mcp::Answer::InputRequired { .. } => Counter::McpInputRequired,
-            mcp::Answer::Unauthorized(why) => {
-                debug!("outgoing-auth: no answer in MCP ({}): 401", why.as_str());
-                return self.reply(err);
-            }
-        };
-        match answer.reply(&offer) {
-            Ok(local) => {
-                self.count(counter);
-                debug!("outgoing-auth: answered in MCP ({})", counter.name());
-                send(&local)
-            }
-            Err(why) => {
-                debug!("outgoing-auth: no answer in MCP ({}): 401", why.as_str());
-                self.reply(err)
-            }
+    /// The host of a request on this worker (the effective context is the request's).
+    fn host(&self) -> WasmHost<'_> {
+        WasmHost {
+            counters: &self.counters,
         }
     }
 
-    /// The error's local reply, its 401 challenge carrying `missingToken`'s parameters.
-    fn reply(&self, err: &AuthError) -> Action {
-        send(&err.reply_with(&self.missing.challenge))
-    }
-
-    /// Makes this run start from the client's original request, however often Envoy ran the
-    /// filter on it before (retries, internal redirects; see [`crate::core::stream`]): removes what
-    /// earlier runs set, and the client credentials no backend receives. Returns the record,
-    /// which holds the client's own `Authorization` when the configuration reads it.
-    fn start_from_client_request(&self, plan: &Plan) -> Result<StreamRecord, AuthError> {
-        let mut record = StreamRecord::default();
-        let accepting = self.handoff.as_ref().filter(|h| h.accepting());
-        // Behind mcp_router the client's bearer comes in the hand-off, not in the headers.
-        let reads_client_bearer = self.plans.reads_client_bearer() && accepting.is_none();
-        if self.plans.uses_stream_record() || accepting.is_some() {
-            let stored = host::get_property(stream::PROPERTY.as_bytes())
-                .map_err(|_| host_error("read what earlier runs did to the request"))?;
-            let first_run = stored.is_none();
-            match stored.as_deref().map(StreamRecord::decode) {
-                None => {
-                    if reads_client_bearer {
-                        record.client_authorization = host::request_header("authorization")
-                            .map_err(|_| host_error("read the client's Authorization header"))?;
-                    }
-                    if let Some(acceptor) = accepting {
-                        record.handoff = host::request_header(&acceptor.header)
-                            .map_err(|_| host_error("read the hand-off header"))?;
-                    }
-                }
-                Some(Some(earlier)) => {
-                    self.count(Counter::Rerun);
-                    for name in &earlier.set_headers {
-                        remove_header(name)?;
-                    }
-                    record = earlier;
-                }
-                Some(None) => return Err(host_error("read what earlier runs did to the request")),
-            }
-            if let Some(acceptor) = accepting {
-                // Never to a backend, whatever this run does next.
-                remove_header(&acceptor.header)?;
-            }
-            let sets_new = plan.custom_header().is_some_and(|n| record.note_set(n));
-            let remember = reads_client_bearer || record.handoff.is_some();
-            if (first_run && remember) || sets_new {
-                host::set_property(stream::PROPERTY.as_bytes(), &record.encode())
-                    .map_err(|_| host_error("remember the client's request"))?;
-            }
-        }
-        self.remove_client_credentials()?;
-        Ok(record)
-    }
-
-    /// For an accepting instance (`Some`): the hand-off this request carried, opened, when the
-    /// backend's strategy needs what it holds (`None` inside when none came or it does not
-    /// open: the strategy then finds no token). `None` for every other instance.
-    fn accepted_handoff(
-        &self,
-        plan: &Plan,
-        record: &StreamRecord,
-        backend: Option<&[u8]>,
-    ) -> Option<Option<Handoff>> {
-        let acceptor = self.handoff.as_ref().filter(|h| h.accepting())?;
-        if plan.upstream().is_none() && !plan.needs_client_bearer() {
-            return Some(None);
-        }
-        let Some(sealed) = record.handoff.as_deref() else {
-            self.count(Counter::HandoffMissing);
-            return Some(None);
-        };
-        match acceptor.open(sealed) {
-            Ok(handoff) => {
-                self.count(Counter::HandoffAccepted);
-                Some(Some(handoff))
-            }
-            Err(problem) => {
-                self.count(Counter::HandoffRejected);
-                warn!(
-                    "outgoing-auth: backend {}: {problem}; it counts as absent",
-                    backend_label(backend)
-                );
-                Some(None)
-            }
-        }
-    }
-
-    /// The issuing instance's whole job: the upstream tokens (and, with `clientBearer`, the
-    /// client's `Authorization`) sealed into the hand-off header, replacing any the client sent.
-    fn issue_handoff(&self, issuer: &HandoffRuntime) -> Result<Action, AuthError> {
-        let sent = host::request_header(&issuer.header)
-            .map_err(|_| host_error("read the hand-off header"))?;
-        if sent.is_some() {
-            self.count(Counter::HandoffSpoofed);
-            debug!("outgoing-auth: the client sent a hand-off header; it is replaced");
-        }
-        let mut handoff = Handoff {
-            issued_at_ms: host::now_ms().map_err(|_| host_error("read the clock"))?,
-            ..Handoff::default()
-        };
-        for upstream in &issuer.upstreams {
-            let raw = host::get_property(&upstream.token_path);
-            let raw = raw.as_ref().map(Option::as_deref).map_err(|_| ());
-            let view = RequestView {
-                upstream_token: raw,
-                typed_string: typed_string(Some(upstream), raw),
-                authorization: None,
-            };
-            // A missing or unusable token is left out: the backend then gets the usual 401.
-            if let Ok(token) = upstream.token(&view, self.plans.tokens.max_token_bytes) {
-                handoff
-                    .upstream_tokens
-                    .push((upstream.provider.clone(), token.to_owned()));
-            }
-        }
-        handoff.mcp_request = mcp_request_from_metadata();
-        handoff.mcp_protocol_version = protocol_version_header();
-        if let HandoffMode::Issue {
-            client_bearer: true,
-        } = issuer.mode
-        {
-            handoff.client_authorization = host::request_header("authorization")
-                .map_err(|_| host_error("read the client's Authorization header"))?;
-        }
-        let mut nonce = [0u8; handoff::NONCE_BYTES];
-        host::random_bytes(&mut nonce).map_err(|_| host_error("make a hand-off nonce"))?;
-        let value = handoff.seal(&issuer.key.borrow(), &nonce);
-        host::set_request_header(&issuer.header, value.as_bytes())
-            .map_err(|_| host_error("set the hand-off header"))?;
-        self.count(Counter::HandoffIssued);
-        Ok(Action::Continue)
-    }
-
-    /// Removes `Proxy-Authorization`, the `removeRequestHeaders` and the `removeCookies`.
-    fn remove_client_credentials(&self) -> Result<(), AuthError> {
-        let removal = &self.plans.removal;
-        for name in &removal.headers {
-            remove_header(name)?;
-        }
-        if removal.cookies.is_empty() {
-            return Ok(());
-        }
-        // Most requests carry no cookie: one cheap read before reading every header.
-        let unreadable = |_| host_error("read the Cookie header");
-        if host::request_header("cookie")
-            .map_err(unreadable)?
-            .is_none()
-        {
-            return Ok(());
-        }
-        let all = host::request_header_pairs().map_err(unreadable)?;
-        let pairs =
-            metadata::decode_pairs(&all).map_err(|_| host_error("read the Cookie header"))?;
-        let cookies: Vec<&[u8]> = pairs
-            .iter()
-            .filter(|(name, _)| name.eq_ignore_ascii_case(b"cookie"))
-            .map(|(_, value)| *value)
-            .collect();
-        match http::without_cookies(&cookies, &removal.cookies) {
-            None => Ok(()),
-            Some(kept) if kept.is_empty() => remove_header("cookie"),
-            Some(kept) => host::set_request_header("cookie", &kept)
-                .map_err(|_| host_error("rewrite the Cookie header")),
-        }
-    }
-
-    fn forward(&self, edit: &Edit<'_>) -> Result<(), AuthError> {
-        apply(edit)?;
-        self.count(edit.counter);
-        Ok(())
+    fn count(&self, counter: Counter) {
+        flow::Host::count(&self.host(), counter);
     }
 
     /// A cached token, or a wait for the STS (joining an identical call already in flight).
     fn exchange(
         &self,
-        plan: &ExchangePlan,
-        subject: &str,
+        host: &WasmHost<'_>,
+        step: &ExchangeStep<'_>,
         context_id: u32,
         exchange_key: &mut Option<CacheKey>,
     ) -> Result<Action, AuthError> {
+        let plan = step.exchange;
+        let subject = step.subject.as_str();
         let key = CacheKey::new(&plan.scope, subject);
         *exchange_key = Some(key);
         if let Some(entry) = self.cache_entry(&key) {
             let now = host::now_ms().unwrap_or(u64::MAX);
             if let Some(token) = cache::lookup(&entry, &key, now) {
-                self.forward(&Edit::bearer(token, Counter::ExchangeCacheHit))?;
+                let edit = Edit::bearer(token, Counter::ExchangeCacheHit);
+                self.engine.forward(host, &edit)?;
                 return Ok(Action::Continue);
             }
         }
@@ -643,7 +254,7 @@ impl Runtime {
             }
             match &result {
                 Ok(edit) => {
-                    let resumed = apply(edit).and_then(|()| {
+                    let resumed = flow::apply(&self.host(), edit).and_then(|()| {
                         host::resume_request().map_err(|_| AuthError::HostCall {
                             operation: "resume the request",
                         })
@@ -651,11 +262,11 @@ impl Runtime {
                     if let Err(err) = resumed {
                         error!("outgoing-auth: {err}");
                         self.count(Counter::HostError);
-                        self.reply(&err);
+                        self.engine.reply(&self.host(), &err);
                     }
                 }
                 Err(err) => {
-                    self.reply(err);
+                    self.engine.reply(&self.host(), err);
                 }
             }
         }
@@ -696,44 +307,6 @@ impl Runtime {
             self.count(Counter::ExchangeCacheEvicted);
         }
     }
-
-    fn log_rejection(&self, err: &AuthError, kind: &str, backend: Option<&[u8]>) {
-        let backend = backend_label(backend);
-        match err {
-            AuthError::UpstreamTokenNotFound { .. }
-                if self.handoff.as_ref().is_some_and(HandoffRuntime::accepting) =>
-            {
-                warn!("outgoing-auth: backend {backend} ({kind}): {err} (not in the hand-off)");
-            }
-            AuthError::UpstreamTokenNotFound { problem, .. } => {
-                let tokens = &self.plans.tokens;
-                let path = metadata::container_path(tokens);
-                let present = host::get_property(&metadata::serialize_path(&path))
-                    .ok()
-                    .flatten()
-                    .and_then(|data| {
-                        metadata::decode_pairs(&data).ok().map(|pairs| {
-                            metadata::providers_summary(tokens, &pairs, metadata::LISTED_PROVIDERS)
-                        })
-                    })
-                    .unwrap_or_else(|| "nothing readable".to_owned());
-                warn!(
-                    "outgoing-auth: backend {backend} ({kind}): {err} ({problem}); \
-                     metadata {} holds {present}",
-                    path.get(2..).map(|p| p.join("/")).unwrap_or_default()
-                );
-            }
-            _ => warn!("outgoing-auth: backend {backend} ({kind}): {err}"),
-        }
-    }
-}
-
-/// A backend name for a log line: quoted (so it cannot forge one), or `<none>`.
-fn backend_label(backend: Option<&[u8]>) -> String {
-    backend.map_or_else(
-        || "<none>".to_owned(),
-        |b| format!("{:?}", String::from_utf8_lossy(b)),
-    )
 }
 
 /// Reads the STS answer to `call` inside `on_http_call_response`.
@@ -824,7 +397,11 @@ impl RootContext for Root {
                 }
                 let plans = Plans::build(&loaded.config);
                 let handoff = match &loaded.config.handoff {
-                    Some(h) => match HandoffRuntime::new(h, Plans::upstream_refs(&loaded.config)) {
+                    Some(h) => match HandoffRuntime::new(
+                        h,
+                        Plans::upstream_refs(&loaded.config),
+                        shared_handoff_key,
+                    ) {
                         Ok(runtime) => Some(runtime),
                         Err(why) => {
                             error!("outgoing-auth: configuration rejected: {why}");
@@ -863,13 +440,15 @@ impl RootContext for Root {
                     None => info!("outgoing-auth: configuration loaded: {strategies}"),
                 }
                 self.runtime = Some(Rc::new(Runtime {
-                    plans,
+                    engine: Engine {
+                        plans,
+                        missing: loaded.config.missing_token.clone(),
+                        handoff,
+                    },
                     cache: loaded.config.exchange_cache,
                     counters,
                     flights: RefCell::new(Flights::default()),
                     root_calls: RefCell::new(HashMap::new()),
-                    handoff,
-                    missing: loaded.config.missing_token.clone(),
                 }));
                 true
             }
@@ -968,14 +547,17 @@ impl HttpContext for Filter {
         let (Some(runtime), Some(err)) = (&self.runtime, &self.pending) else {
             return Action::Continue;
         };
+        let host = runtime.host();
         if body_size > mcp::MAX_BODY_BYTES {
-            return runtime.reply(err);
+            runtime.engine.answer_from_body(&host, err, None);
+            return Action::Pause;
         }
         if !end_of_stream {
             return Action::Pause; // Envoy buffers until the whole body is there.
         }
         let body = host::request_body(body_size).unwrap_or_default();
-        runtime.answer_in_mcp(err, &body, protocol_version_header().as_deref())
+        runtime.engine.answer_from_body(&host, err, Some(&body));
+        Action::Pause
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -1034,10 +616,8 @@ fn resize_cache_table(max_entries: u32) {
 /// Whether the typed metadata says the upstream token is a string: read (one more host call)
 /// only for the 8-byte values that could be a Struct number; `None` otherwise, or when the
 /// typed read fails (the decision then refuses such a value).
-fn typed_string(upstream: Option<&UpstreamRef>, raw: Result<Option<&[u8]>, ()>) -> Option<bool> {
-    let (Some(upstream), Ok(Some(raw))) = (upstream, raw) else {
-        return None;
-    };
+fn typed_string(upstream: &UpstreamRef, raw: Option<&[u8]>) -> Option<bool> {
+    let raw = raw?;
     if !metadata::may_be_number(raw) {
         return None;
     }
@@ -1048,42 +628,14 @@ fn typed_string(upstream: Option<&UpstreamRef>, raw: Result<Option<&[u8]>, ()>) 
     Some(kind == Some(metadata::ValueKind::String))
 }
 
-/// The first backend name that exists, trying the configured sources in order.
-fn backend_name(paths: &[&[u8]]) -> Option<Vec<u8>> {
-    paths.iter().find_map(|path| {
-        host::get_property(path)
-            .ok()
-            .flatten()
-            .filter(|v| !v.is_empty())
-    })
-}
-
-fn apply(edit: &Edit<'_>) -> Result<(), AuthError> {
-    if edit.remove_authorization {
-        remove_header("authorization")?;
-    }
-    if let Some((name, value)) = &edit.set {
-        host::set_request_header(name, value.as_bytes())
-            .map_err(|_| host_error("set the credential header"))?;
-    }
-    Ok(())
-}
-
-fn remove_header(name: &str) -> Result<(), AuthError> {
-    host::remove_request_header(name).map_err(|_| host_error("remove a client credential header"))
-}
-
-fn host_error(operation: &'static str) -> AuthError {
-    AuthError::HostCall { operation }
-}
-
 /// Sends the error's local reply and stops the request.
 fn reply(err: &AuthError) -> Action {
-    send(&err.reply())
+    send(&err.reply());
+    Action::Pause
 }
 
-/// Sends a local reply and stops the request.
-fn send(r: &LocalReply) -> Action {
+/// Sends a local reply.
+fn send(r: &LocalReply) {
     let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     if let Err(status) = host::send_local_reply(r.status, &headers, &r.body) {
         error!(
@@ -1091,5 +643,116 @@ fn send(r: &LocalReply) -> Action {
             r.status
         );
     }
-    Action::Pause
+}
+
+/// The request path's host calls for the request whose context is the effective one.
+struct WasmHost<'r> {
+    counters: &'r Counters,
+}
+
+impl flow::Host for WasmHost<'_> {
+    fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+        host::request_header(name).map_err(|_| HostError)
+    }
+
+    fn request_header_values(&self, name: &str) -> Result<Vec<Vec<u8>>, HostError> {
+        let all = host::request_header_pairs().map_err(|_| HostError)?;
+        let pairs = metadata::decode_pairs(&all).map_err(|_| HostError)?;
+        Ok(pairs
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, value)| value.to_vec())
+            .collect())
+    }
+
+    fn set_request_header(&self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        host::set_request_header(name, value).map_err(|_| HostError)
+    }
+
+    fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
+        host::remove_request_header(name).map_err(|_| HostError)
+    }
+
+    fn backend_name(&self, sources: &[BackendNameSource]) -> Option<Vec<u8>> {
+        sources.iter().find_map(|source| {
+            host::get_property(source.property_path())
+                .ok()
+                .flatten()
+                .filter(|v| !v.is_empty())
+        })
+    }
+
+    fn upstream_token(&self, _tokens: &TokenSource, upstream: &UpstreamRef) -> TokenRead {
+        match host::get_property(&upstream.token_path) {
+            Ok(raw) => {
+                let typed_string = typed_string(upstream, raw.as_deref());
+                TokenRead {
+                    raw: Ok(raw),
+                    typed_string,
+                }
+            }
+            Err(status) => {
+                debug!("outgoing-auth: reading the upstream token failed: {status:?}");
+                TokenRead {
+                    raw: Err(HostError),
+                    typed_string: None,
+                }
+            }
+        }
+    }
+
+    fn tokens_present(&self, tokens: &TokenSource) -> String {
+        let path = metadata::container_path(tokens);
+        let present = host::get_property(&metadata::serialize_path(&path))
+            .ok()
+            .flatten()
+            .and_then(|data| {
+                metadata::decode_pairs(&data).ok().map(|pairs| {
+                    metadata::providers_summary(tokens, &pairs, metadata::LISTED_PROVIDERS)
+                })
+            })
+            .unwrap_or_else(|| "nothing readable".to_owned());
+        format!(
+            "{} holds {present}",
+            path.get(2..).map(|p| p.join("/")).unwrap_or_default()
+        )
+    }
+
+    fn stream_record(&self) -> Result<Option<Vec<u8>>, HostError> {
+        host::get_property(stream::PROPERTY.as_bytes()).map_err(|_| HostError)
+    }
+
+    fn set_stream_record(&self, record: &[u8]) -> Result<(), HostError> {
+        host::set_property(stream::PROPERTY.as_bytes(), record).map_err(|_| HostError)
+    }
+
+    fn mcp_request_from_metadata(&self) -> Option<Vec<u8>> {
+        mcp_request_from_metadata()
+    }
+
+    fn now_ms(&self) -> Result<u64, HostError> {
+        host::now_ms().map_err(|_| HostError)
+    }
+
+    fn random_bytes(&self, out: &mut [u8]) -> Result<(), HostError> {
+        host::random_bytes(out).map_err(|_| HostError)
+    }
+
+    fn stored_handoff_key(&self) -> Option<Key> {
+        host::shared_data(handoff::SHARED_KEY_NAME)
+            .ok()
+            .flatten()
+            .and_then(|k| Key::from_slice(&k))
+    }
+
+    fn send_reply(&self, reply: &LocalReply) {
+        send(reply);
+    }
+
+    fn count(&self, counter: Counter) {
+        if let Some(Some(id)) = self.counters.get(counter.index()) {
+            // A failed increment loses one sample; it must not fail the request.
+            let _ = host::increment(*id);
+        }
+    }
 }
