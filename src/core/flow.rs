@@ -600,3 +600,280 @@ fn remove_header(host: &dyn Host, name: &str) -> Result<(), AuthError> {
 pub fn host_error(operation: &'static str) -> AuthError {
     AuthError::HostCall { operation }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::core::validate;
+
+    /// A stream as the flow sees it: headers, the providers' tokens, the record, and what the
+    /// flow did (replies, counters).
+    #[derive(Default)]
+    struct FakeHost {
+        headers: RefCell<Vec<(String, Vec<u8>)>>,
+        tokens: HashMap<String, Vec<u8>>,
+        backend: Option<Vec<u8>>,
+        record: RefCell<Option<Vec<u8>>>,
+        replies: RefCell<Vec<LocalReply>>,
+        counted: RefCell<Vec<Counter>>,
+    }
+
+    impl FakeHost {
+        fn with(headers: &[(&str, &str)]) -> Self {
+            let host = FakeHost::default();
+            for (name, value) in headers {
+                host.headers
+                    .borrow_mut()
+                    .push(((*name).to_owned(), value.as_bytes().to_vec()));
+            }
+            host
+        }
+
+        fn values(&self, name: &str) -> Vec<String> {
+            self.headers
+                .borrow()
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .collect()
+        }
+
+        /// The same client request as Envoy hands it to a later run: the headers as this run
+        /// left them, and the record.
+        fn rerun(&self, backend: &str) -> FakeHost {
+            FakeHost {
+                headers: RefCell::new(self.headers.borrow().clone()),
+                tokens: self.tokens.clone(),
+                backend: Some(backend.as_bytes().to_vec()),
+                record: RefCell::new(self.record.borrow().clone()),
+                ..FakeHost::default()
+            }
+        }
+    }
+
+    impl Host for FakeHost {
+        fn request_header(&self, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+            let values = self.values(name);
+            Ok((!values.is_empty()).then(|| values.join(",").into_bytes()))
+        }
+        fn request_header_values(&self, name: &str) -> Result<Vec<Vec<u8>>, HostError> {
+            Ok(self
+                .values(name)
+                .into_iter()
+                .map(String::into_bytes)
+                .collect())
+        }
+        fn set_request_header(&self, name: &str, value: &[u8]) -> Result<(), HostError> {
+            self.remove_request_header(name)?;
+            self.headers
+                .borrow_mut()
+                .push((name.to_owned(), value.to_vec()));
+            Ok(())
+        }
+        fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
+            self.headers.borrow_mut().retain(|(n, _)| n != name);
+            Ok(())
+        }
+        fn backend_name(&self, sources: &[BackendNameSource]) -> Option<Vec<u8>> {
+            self.backend.clone().filter(|_| !sources.is_empty())
+        }
+        fn upstream_token(&self, _tokens: &TokenSource, upstream: &UpstreamRef) -> TokenRead {
+            TokenRead {
+                raw: Ok(self.tokens.get(&upstream.provider).cloned()),
+                typed_string: Some(true),
+            }
+        }
+        fn tokens_present(&self, _tokens: &TokenSource) -> String {
+            format!("{} provider(s)", self.tokens.len())
+        }
+        fn stream_record(&self) -> Result<Option<Vec<u8>>, HostError> {
+            Ok(self.record.borrow().clone())
+        }
+        fn set_stream_record(&self, record: &[u8]) -> Result<(), HostError> {
+            *self.record.borrow_mut() = Some(record.to_vec());
+            Ok(())
+        }
+        fn mcp_request_from_metadata(&self) -> Option<Vec<u8>> {
+            None
+        }
+        fn now_ms(&self) -> Result<u64, HostError> {
+            Ok(1_000_000)
+        }
+        fn random_bytes(&self, out: &mut [u8]) -> Result<(), HostError> {
+            out.fill(7);
+            Ok(())
+        }
+        fn stored_handoff_key(&self) -> Option<Key> {
+            None
+        }
+        fn send_reply(&self, reply: &LocalReply) {
+            self.replies.borrow_mut().push(reply.clone());
+        }
+        fn count(&self, counter: Counter) {
+            self.counted.borrow_mut().push(counter);
+        }
+    }
+
+    const CONFIG: &str = r#"{
+        "authServer": {"upstreams": ["github"]},
+        "outgoingAuth": {
+            "backends": {
+                "gh": {"type": "upstream_inject", "upstreamInject": {"providerName": "github"}},
+                "keyed": {"type": "header_injection",
+                          "headerInjection": {"headerName": "X-API-Key", "headerValue": "k1"}},
+                "sts": {"type": "token_exchange", "tokenExchange": {
+                    "tokenUrl": "http://sts/token", "cluster": "sts", "clientId": "c",
+                    "clientSecret": "s", "audience": "a"}},
+                "open": {"type": "unauthenticated"}
+            }
+        },
+        "removeCookies": ["session"]
+    }"#;
+
+    fn engine() -> Engine {
+        let loaded = validate::load(CONFIG.as_bytes(), &|_| None).unwrap();
+        Engine {
+            plans: Plans::build(&loaded.config),
+            missing: loaded.config.missing_token.clone(),
+            handoff: None,
+        }
+    }
+
+    fn client(backend: &str, headers: &[(&str, &str)]) -> FakeHost {
+        let mut host = FakeHost::with(headers);
+        host.backend = Some(backend.as_bytes().to_vec());
+        host.tokens
+            .insert("github".to_owned(), b"gho_user_token".to_vec());
+        host
+    }
+
+    #[test]
+    fn upstream_inject_replaces_the_gateway_token_and_removes_client_credentials() {
+        let engine = engine();
+        let host = client(
+            "gh",
+            &[
+                ("authorization", "Bearer gateway"),
+                ("proxy-authorization", "Basic p"),
+                ("cookie", "session=s1; theme=dark"),
+            ],
+        );
+        assert!(matches!(
+            engine.on_request_headers(&host, true),
+            Step::Continue
+        ));
+        assert_eq!(host.values("authorization"), ["Bearer gho_user_token"]);
+        assert!(host.values("proxy-authorization").is_empty());
+        assert_eq!(host.values("cookie"), ["theme=dark"]);
+        assert_eq!(*host.counted.borrow(), [Counter::UpstreamInjected]);
+    }
+
+    #[test]
+    fn a_missing_upstream_token_is_a_401_and_nothing_is_forwarded() {
+        let engine = engine();
+        let mut host = client("gh", &[("authorization", "Bearer gateway")]);
+        host.tokens.clear();
+        assert!(matches!(
+            engine.on_request_headers(&host, true),
+            Step::Replied
+        ));
+        let replies = host.replies.borrow();
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].status, 401);
+        assert!(!replies[0].body.contains("gateway"));
+        assert_eq!(*host.counted.borrow(), [Counter::UpstreamTokenMissing]);
+    }
+
+    #[test]
+    fn token_exchange_asks_for_the_clients_own_bearer_on_every_run() {
+        let engine = engine();
+        let host = client("sts", &[("authorization", "Bearer gateway")]);
+        let Step::Exchange(step) = engine.on_request_headers(&host, true) else {
+            panic!("no exchange step");
+        };
+        assert_eq!(step.subject, "gateway");
+        // The adapter sets the issued token; a retry attempt finds it in the headers.
+        engine
+            .forward(&host, &Edit::bearer("issued", Counter::ExchangeOk))
+            .unwrap();
+        let retry = host.rerun("sts");
+        let Step::Exchange(again) = engine.on_request_headers(&retry, true) else {
+            panic!("no exchange step on the retry");
+        };
+        assert_eq!(
+            again.subject, "gateway",
+            "never the token issued for attempt 1"
+        );
+        assert!(retry.counted.borrow().contains(&Counter::Rerun));
+    }
+
+    #[test]
+    fn a_redirect_to_another_backend_drops_what_the_first_run_set() {
+        let engine = engine();
+        let host = client("keyed", &[("authorization", "Bearer gateway")]);
+        assert!(matches!(
+            engine.on_request_headers(&host, true),
+            Step::Continue
+        ));
+        assert_eq!(host.values("x-api-key"), ["k1"]);
+        let redirected = host.rerun("open");
+        assert!(matches!(
+            engine.on_request_headers(&redirected, true),
+            Step::Continue
+        ));
+        assert!(redirected.values("x-api-key").is_empty());
+        assert!(redirected.values("authorization").is_empty());
+    }
+
+    #[test]
+    fn an_issued_handoff_opens_on_the_accepting_side_only() {
+        let issue_json = r#"{"authServer": {"upstreams": ["github"]},
+            "outgoingAuth": {}, "handoff": {"mode": "issue"}}"#;
+        let accept_json = r#"{"authServer": {"upstreams": ["github"]},
+            "outgoingAuth": {"backends": {"gh": {"type": "upstream_inject",
+                "upstreamInject": {"providerName": "github"}}}},
+            "handoff": {"mode": "accept"}}"#;
+        let key = || Ok(Key::derive("one envoy's key"));
+        let build = |json: &str| {
+            let loaded = validate::load(json.as_bytes(), &|_| None).unwrap();
+            let handoff = loaded.config.handoff.as_ref().map(|h| {
+                HandoffRuntime::new(h, Plans::upstream_refs(&loaded.config), key).unwrap()
+            });
+            Engine {
+                plans: Plans::build(&loaded.config),
+                missing: loaded.config.missing_token.clone(),
+                handoff,
+            }
+        };
+        let (issuer, acceptor) = (build(issue_json), build(accept_json));
+        let listener = client("gh", &[("authorization", "Bearer gateway")]);
+        assert!(matches!(
+            issuer.on_request_headers(&listener, true),
+            Step::Continue
+        ));
+        let sealed = listener.values(crate::core::config::DEFAULT_HANDOFF_HEADER);
+        assert_eq!(sealed.len(), 1);
+        assert!(!sealed[0].contains("gho_user_token"));
+
+        // The backend call behind mcp_router: the hand-off header, no metadata.
+        let mut backend_call = FakeHost::with(&[(
+            crate::core::config::DEFAULT_HANDOFF_HEADER,
+            sealed[0].as_str(),
+        )]);
+        backend_call.backend = Some(b"gh".to_vec());
+        assert!(matches!(
+            acceptor.on_request_headers(&backend_call, true),
+            Step::Continue
+        ));
+        assert_eq!(
+            backend_call.values("authorization"),
+            ["Bearer gho_user_token"]
+        );
+        assert!(backend_call
+            .values(crate::core::config::DEFAULT_HANDOFF_HEADER)
+            .is_empty());
+    }
+}
