@@ -1532,12 +1532,16 @@ fn envoy_gateway_sha256_is_a_field_of_the_code_source() {
 }
 
 /// Every key of `doc` is a field of the API types in tests/data/k8s-api-fields.json (copied
-/// from the Go structs and protos of Envoy Gateway and Istio), with a value of its type.
+/// from the Go structs and protos of Envoy Gateway and Istio), with a value of its type; the
+/// document's `kind` picks its root type.
 fn api_fields(api: &str, doc: &Value) {
     let text = std::fs::read_to_string(repo("tests/data/k8s-api-fields.json")).unwrap();
     let all: Value = serde_json::from_str(&text).unwrap();
     let types = &all[api]["types"];
-    let root = all[api]["root"].as_str().unwrap();
+    let kind = doc["kind"].as_str().unwrap();
+    let root = all[api]["roots"][kind]
+        .as_str()
+        .unwrap_or_else(|| panic!("{api} has no kind {kind} in k8s-api-fields.json"));
     check(types, root, doc, api);
 
     fn check(types: &Value, ty: &str, v: &Value, path: &str) {
@@ -2817,4 +2821,452 @@ fn mcp_router_entries_slot_into_envoy_mcp_router_yaml() {
             .collect()
     };
     assert_eq!(backends(&o), backends(&t));
+}
+
+// ---------------------------------------------------------------------------------------------
+// --native: the Envoy dynamic module (liboutgoing_auth.so) instead of the wasm module
+
+/// The comment lines at the top of an output.
+fn header_of(stdout: &str) -> Vec<&str> {
+    stdout.lines().take_while(|l| l.starts_with('#')).collect()
+}
+
+/// The filter config inside a `--native` `http_filters` entry, after checking that the entry
+/// is exactly Envoy 1.40's DynamicModuleFilter for the module `outgoing_auth`.
+fn native_entry_config(entry: &Value) -> String {
+    assert_eq!(entry["name"], "outgoing_auth");
+    let tc = &entry["typed_config"];
+    assert_eq!(
+        tc["@type"],
+        "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+    );
+    // (serde_json's map sorts its keys)
+    let fields: Vec<&str> = tc.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        fields,
+        [
+            "@type",
+            "dynamic_module_config",
+            "filter_config",
+            "filter_name"
+        ],
+        "{entry}"
+    );
+    assert_eq!(
+        tc["dynamic_module_config"],
+        json!({"name": "outgoing_auth"})
+    );
+    assert_eq!(tc["filter_name"], "outgoing_auth");
+    assert_eq!(
+        tc["filter_config"]["@type"],
+        "type.googleapis.com/google.protobuf.StringValue"
+    );
+    assert_eq!(tc["filter_config"].as_object().unwrap().len(), 2);
+    tc["filter_config"]["value"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn envoy_native_output_is_a_dynamic_module_entry() {
+    let filter = examples(&[]).json();
+    let out = examples(&["-o", "envoy", "--native"]);
+    let v = out.yaml();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let value = native_entry_config(&v[0]);
+    // The same filter JSON as -o filter and the wasm entry, and the filter's own validation
+    // takes it.
+    assert_eq!(serde_json::from_str::<Value>(&value).unwrap(), filter);
+    let wasm = examples(&["-o", "envoy"]).yaml();
+    assert_eq!(value, entry_config(&wasm[0]));
+    loads(&value, &SECRET_ENVS);
+    // No vm_config, so no host_env_keys: a native module reads Envoy's own environment.
+    assert!(!out.stdout.contains("vm_config"), "{}", out.stdout);
+    assert!(!out.stdout.contains("\n  host_env_keys"), "{}", out.stdout);
+    let header = header_of(&out.stdout);
+    for line in [
+        "# The module reads them from Envoy's own environment (a dynamic module has no",
+        "# host_env_keys list, unlike the wasm entry). In a Pod, the Envoy container's env:",
+        "#   - name: TOOLHIVE_TOKEN_EXCHANGE_CLIENT_SECRET_CORP_STS",
+        "#       secretKeyRef: {name: \"corp-sts-client\", key: \"client-secret\"}",
+        "# The dynamic module: Envoy loads liboutgoing_auth.so (dynamic_module_config.name outgoing_auth)",
+        "# from the directory its environment variable ENVOY_DYNAMIC_MODULES_SEARCH_PATH names (unset:",
+        "# /etc/envoy/modules/liboutgoing_auth.so. Build the module for this Envoy's minor version,",
+        "# 1.40: Envoy checks the ABI version the module was built against.",
+        "# Define each under static_resources.clusters (with TLS for https).",
+    ] {
+        assert!(header.contains(&line), "{line}\n{}", header.join("\n"));
+    }
+    assert!(!out.stdout.contains("vm_config lists them"));
+    // The one-line @type is a plain scalar, not a folded block.
+    assert!(out.stdout.contains(
+        "\n    \"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter\n"
+    ));
+}
+
+#[test]
+fn envoy_native_without_secrets_still_says_where_the_module_is() {
+    let out = cli(
+        &[
+            "convert",
+            "-f",
+            &repo("k8s/examples/unauthenticated.yaml"),
+            "--default",
+            "public",
+            "-o",
+            "envoy",
+            "--native",
+        ],
+        "",
+    )
+    .ok();
+    let v = out.yaml();
+    let value = native_entry_config(&v[0]);
+    let c = loads(&value, &[]);
+    assert!(c.outgoing_auth.default.is_some());
+    let header = header_of(&out.stdout).join("\n");
+    assert!(!header.contains("Environment variables"), "{header}");
+    assert!(
+        header.contains("ENVOY_DYNAMIC_MODULES_SEARCH_PATH"),
+        "{header}"
+    );
+}
+
+#[test]
+fn envoy_native_mcp_router_output_is_both_entries_in_native_form() {
+    let (wasm, _) = binary_ok(&[
+        "convert",
+        "-f",
+        "k8s/examples",
+        "-o",
+        "envoy",
+        "--mcp-router",
+    ]);
+    let (stdout, stderr) = binary_ok(&[
+        "convert",
+        "-f",
+        "k8s/examples",
+        "-o",
+        "envoy",
+        "--mcp-router",
+        "--native",
+    ]);
+    assert!(!stderr.contains("error"), "{stderr}");
+    let (issuing, accepting) = mcp_router_entries(&stdout);
+    let (wasm_issuing, wasm_accepting) = mcp_router_entries(&wasm);
+
+    // The issuing instance: the wasm pair's config, in a native entry; it reads no variable.
+    let json = native_entry_config(&issuing);
+    assert_eq!(json, entry_config(&wasm_issuing));
+    let c = loads(&json, &[]);
+    assert_eq!(
+        c.handoff.unwrap().mode,
+        config::HandoffMode::Issue {
+            client_bearer: false
+        }
+    );
+    // The accepting instance: the same, with the variables it reads from Envoy's environment.
+    let json = native_entry_config(&accepting);
+    assert_eq!(json, entry_config(&wasm_accepting));
+    let c = loads(&json, &SECRET_ENVS);
+    assert_eq!(c.handoff.unwrap().mode, config::HandoffMode::Accept);
+    assert_eq!(
+        c.backend_name_sources,
+        vec![config::BackendNameSource::ClusterName]
+    );
+    assert!(validate::load(json.as_bytes(), &|_: &str| None).is_err());
+    assert!(!stdout.contains("vm_config"), "{stdout}");
+
+    for line in [
+        "# Only the accepting instance reads them, from Envoy's own environment (a dynamic",
+        "# module has no host_env_keys list). Envoy's process needs them in its environment;",
+        "# YAML documents below. Envoy loads liboutgoing_auth.so once per process, so both",
+        "# handoff.keyEnv (the same secret of at least 32 bytes, in Envoy's environment).",
+        "# from the directory its environment variable ENVOY_DYNAMIC_MODULES_SEARCH_PATH names (unset:",
+        "# 1.40: Envoy checks the ABI version the module was built against.",
+        "# 1. The issuing instance: in the listener's http_filters, after the auth filter",
+        "# 2. The accepting instance: in every backend cluster's",
+        "# Every mcp_router server's header_forwarding must allow x-outgoing-auth-handoff (mcp_router",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line}\n{stdout}");
+    }
+    assert!(!stdout.contains("vm_id"), "{stdout}");
+}
+
+/// Envoy Gateway's pattern for a dynamic module's name
+/// (`^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$`, api/v1alpha1/dynamic_module_types.go).
+fn gateway_module_name(name: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    edge(name.chars().next())
+        && edge(name.chars().last())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+}
+
+/// The two documents of `-o envoy-gateway --native`: (EnvoyProxy, EnvoyExtensionPolicy).
+fn gateway_native_docs(stdout: &str) -> (Value, Value) {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(stdout)
+        .unwrap_or_else(|e| panic!("not multi-document YAML ({e}):\n{stdout}"));
+    assert_eq!(docs.len(), 2, "{stdout}");
+    for d in &docs {
+        assert_eq!(d["apiVersion"], "gateway.envoyproxy.io/v1alpha1");
+        api_fields("envoy-gateway", d);
+    }
+    assert_eq!(docs[0]["kind"], "EnvoyProxy");
+    assert_eq!(docs[1]["kind"], "EnvoyExtensionPolicy");
+    (docs[0].clone(), docs[1].clone())
+}
+
+#[test]
+fn envoy_gateway_native_output_is_an_envoy_proxy_and_an_extension_policy() {
+    let filter = examples(&[]).json();
+    let out = examples(&[
+        "-o",
+        "envoy-gateway",
+        "--native",
+        "--module",
+        "/usr/lib/envoy/modules/liboutgoing_auth.so",
+        "--target-ref",
+        "Gateway/mcp-gateway",
+        "--target-ref",
+        "HTTPRoute/mcp",
+        "--name",
+        "mcp-auth",
+        "--namespace",
+        "mcp",
+    ]);
+    let (proxy, policy) = gateway_native_docs(&out.stdout);
+
+    // The EnvoyProxy registers the module under one name, from a Local source.
+    assert_eq!(
+        proxy["metadata"],
+        json!({"name": "mcp-auth", "namespace": "mcp"})
+    );
+    assert_eq!(
+        proxy["spec"],
+        json!({"dynamicModules": [{
+            "name": "outgoing-auth",
+            "source": {"type": "Local", "local": {"path": "/usr/lib/envoy/modules/liboutgoing_auth.so"}}
+        }]})
+    );
+    // The policy attaches to the targets and loads the module by that name, with the filter's
+    // config (which the filter's own validation takes).
+    assert_eq!(
+        policy["metadata"],
+        json!({"name": "mcp-auth", "namespace": "mcp"})
+    );
+    assert_eq!(
+        policy["spec"]["targetRefs"],
+        json!([
+            {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "mcp-gateway"},
+            {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "mcp"}
+        ])
+    );
+    assert!(policy["spec"].get("wasm").is_none());
+    let entries = policy["spec"]["dynamicModule"].as_array().unwrap();
+    assert_eq!(entries.len(), 1);
+    let entry = &entries[0];
+    assert_eq!(
+        entry.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["config", "filterName", "name"]
+    );
+    assert_eq!(entry["name"], proxy["spec"]["dynamicModules"][0]["name"]);
+    assert!(gateway_module_name(entry["name"].as_str().unwrap()));
+    assert_eq!(entry["filterName"], "outgoing_auth");
+    assert_eq!(entry["config"], filter);
+    loads(&entry["config"].to_string(), &SECRET_ENVS);
+
+    let header = header_of(&out.stdout);
+    for line in [
+        "# The module reads them from the Envoy proxy's own environment (a dynamic module has no",
+        "# env.hostKeys). Add them to the EnvoyProxy's spec.provider.kubernetes.envoyDeployment.container.env:",
+        "#       secretKeyRef: {name: \"internal-api-key\", key: \"api-key\"}",
+        "# Two resources: the EnvoyProxy registers the dynamic module liboutgoing_auth.so as outgoing-auth",
+        "# (spec.dynamicModules, Envoy Gateway v1.8 and later), and the EnvoyExtensionPolicy's",
+        "# The proxy container must have the module at /usr/lib/envoy/modules/liboutgoing_auth.so",
+        "# Build the module for the proxy's Envoy minor version, 1.40 (Envoy checks the ABI",
+        "# set the EnvoyProxy's spec.provider.kubernetes.envoyDeployment.container.image to Envoy 1.40.",
+        "# in the generated xDS (e.g. with an EnvoyPatchPolicy) or pass --sts-cluster NAME.",
+    ] {
+        assert!(header.contains(&line), "{line}\n{}", header.join("\n"));
+    }
+    assert!(!out.stdout.contains("hostKeys:"), "{}", out.stdout);
+
+    // file:///PATH is the same Local source.
+    let out = examples(&[
+        "-o",
+        "envoy-gateway",
+        "--native",
+        "--module",
+        "file:///opt/modules/liboutgoing_auth.so",
+        "--target-ref",
+        "Gateway/g",
+    ]);
+    let (proxy, _) = gateway_native_docs(&out.stdout);
+    assert_eq!(
+        proxy["spec"]["dynamicModules"][0]["source"],
+        json!({"type": "Local", "local": {"path": "/opt/modules/liboutgoing_auth.so"}})
+    );
+    assert_eq!(proxy["metadata"], json!({"name": "outgoing-auth"}));
+}
+
+/// An https:// module is a Remote source, whose sha256 Envoy Gateway requires (lower-case hex,
+/// `^[a-f0-9]{64}$`).
+#[test]
+fn envoy_gateway_native_remote_module_has_its_sha256() {
+    let sha = "0123456789abcdef".repeat(4);
+    let out = examples(&[
+        "-o",
+        "envoy-gateway",
+        "--native",
+        "--module",
+        "https://modules.example.com/liboutgoing_auth.so",
+        "--sha256",
+        &sha.to_ascii_uppercase(),
+        "--target-ref",
+        "Gateway/g",
+    ]);
+    let (proxy, policy) = gateway_native_docs(&out.stdout);
+    assert_eq!(
+        proxy["spec"]["dynamicModules"][0]["source"],
+        json!({"type": "Remote", "remote": {"url": "https://modules.example.com/liboutgoing_auth.so", "sha256": sha}})
+    );
+    loads(
+        &policy["spec"]["dynamicModule"][0]["config"].to_string(),
+        &SECRET_ENVS,
+    );
+    assert!(header_of(&out.stdout).contains(
+        &"# Envoy downloads the module and checks it against remote.sha256 before loading it."
+    ));
+}
+
+#[test]
+fn native_combinations_are_refused() {
+    let f = repo("k8s/examples");
+    let sha = "ab".repeat(32);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--native"],
+            "error: --native is for --output envoy or envoy-gateway: the filter's JSON config (-o filter) is the same for the wasm and the native module",
+        ),
+        (
+            vec!["-o", "filter", "--native"],
+            "error: --native is for --output envoy or envoy-gateway",
+        ),
+        (
+            vec!["-o", "istio", "--native", "--wasm", "oci://r/i:t"],
+            "error: --native is not for --output istio: Istio's WasmPlugin loads proxy-wasm modules only; use the wasm module there (-o istio --wasm LOCATION)",
+        ),
+        (
+            vec!["-o", "istio", "--native"],
+            "error: --native is not for --output istio",
+        ),
+        (
+            vec!["-o", "envoy", "--native", "--wasm", "/opt/outgoing_auth.wasm"],
+            "error: --wasm and --native exclude each other: --wasm says where the proxy-wasm module is, --native loads the dynamic module liboutgoing_auth.so instead (drop one)",
+        ),
+        (
+            vec![
+                "-o", "envoy-gateway", "--native", "--wasm", "oci://r/i:t", "--module", "/m.so",
+                "--target-ref", "Gateway/g",
+            ],
+            "error: --wasm and --native exclude each other",
+        ),
+        (
+            vec!["-o", "envoy", "--native", "--module", "/m.so"],
+            "error: --module is for --output envoy-gateway --native (the liboutgoing_auth.so the EnvoyProxy registers); -o envoy --native names the module, and Envoy finds liboutgoing_auth.so in the directory ENVOY_DYNAMIC_MODULES_SEARCH_PATH names",
+        ),
+        (
+            vec![
+                "-o", "envoy-gateway", "--wasm", "oci://r/i:t", "--module", "/m.so",
+                "--target-ref", "Gateway/g",
+            ],
+            "error: --module is for --output envoy-gateway --native",
+        ),
+        (
+            vec!["-o", "envoy-gateway", "--native", "--target-ref", "Gateway/g"],
+            "error: --output envoy-gateway --native needs --module (--module, envoy-gateway --native: an absolute path or file:///PATH in the proxy container, or https:// with --sha256; never http://)",
+        ),
+        (
+            vec!["-o", "envoy-gateway", "--native", "--module", "/m.so"],
+            "error: --output envoy-gateway needs --target-ref KIND/NAME",
+        ),
+        (
+            vec![
+                "-o", "envoy-gateway", "--native", "--module", "modules/m.so",
+                "--target-ref", "Gateway/g",
+            ],
+            "error: --module \"modules/m.so\": the EnvoyProxy's local source needs an absolute path",
+        ),
+        (
+            vec![
+                "-o", "envoy-gateway", "--native", "--module", "file://m.so",
+                "--target-ref", "Gateway/g",
+            ],
+            "error: --module \"file://m.so\": the EnvoyProxy's local source needs an absolute path",
+        ),
+        (
+            vec![
+                "-o", "envoy-gateway", "--native", "--module", "http://x/m.so",
+                "--target-ref", "Gateway/g",
+            ],
+            "error: --module \"http://x/m.so\": plain http:// is refused",
+        ),
+        (
+            vec![
+                "-o", "envoy-gateway", "--native", "--module", "oci://r/m:1",
+                "--target-ref", "Gateway/g",
+            ],
+            "error: --module \"oci://r/m:1\": Envoy Gateway loads a dynamic module from a path or an https:// URL, not oci://",
+        ),
+        (
+            vec![
+                "-o", "envoy-gateway", "--native", "--module", "https://x/m.so",
+                "--target-ref", "Gateway/g",
+            ],
+            "error: --module \"https://x/m.so\": a remote module needs --sha256",
+        ),
+        (
+            vec![
+                "-o", "envoy-gateway", "--native", "--module", "/m.so", "--sha256", &sha,
+                "--target-ref", "Gateway/g",
+            ],
+            "error: --sha256 is for an https:// --module: the EnvoyProxy's local source (\"/m.so\") has no digest",
+        ),
+        (
+            vec![
+                "-o", "envoy-gateway", "--native", "--mcp-router", "--module", "/m.so",
+                "--target-ref", "Gateway/g",
+            ],
+            "error: --mcp-router is for --output envoy",
+        ),
+        (
+            vec!["-o", "envoy", "--native=yes"],
+            "error: --native takes no value",
+        ),
+    ];
+    for (flags, expected) in cases {
+        let mut args = vec!["convert", "-f", &f];
+        args.extend(&flags);
+        let out = cli(&args, "");
+        assert_eq!(out.code, 2, "{flags:?}: {}", out.stderr);
+        assert_eq!(out.stdout, "", "{flags:?}");
+        assert!(
+            out.stderr.starts_with(expected),
+            "{flags:?}: {}",
+            out.stderr
+        );
+        assert!(out
+            .stderr
+            .contains("For more information, try `outgoing-auth convert --help`."));
+    }
+    // The help says what --native and --module do.
+    let help = cli(&["convert", "--help"], "").ok().stdout;
+    for text in [
+        "\n      --native                 envoy, envoy-gateway: load the Envoy dynamic module\n",
+        "\n      --module <LOCATION>      envoy-gateway --native: the liboutgoing_auth.so the EnvoyProxy\n",
+        "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+        "  outgoing-auth convert -f k8s/examples/ -o envoy --native\n",
+    ] {
+        assert!(help.contains(text), "help lacks {text:?}");
+    }
 }

@@ -121,16 +121,29 @@ Output:
                                listener's http_filters, before mcp and mcp_router, and the
                                accepting one (handoff mode accept, the backend named by the
                                cluster) for every backend cluster's http_filters
+      --native                 envoy, envoy-gateway: load the Envoy dynamic module
+                               liboutgoing_auth.so (built for Envoy 1.40) instead of the wasm
+                               module, with the same filter config. envoy: a DynamicModuleFilter
+                               entry (both entries with --mcp-router); Envoy finds the module in
+                               the directory ENVOY_DYNAMIC_MODULES_SEARCH_PATH names.
+                               envoy-gateway: an EnvoyProxy that registers it (spec.dynamicModules,
+                               see --module) and an EnvoyExtensionPolicy with a dynamicModule
+                               entry. Not with --wasm
       --wasm <LOCATION>        The module (envoy default: /etc/envoy/outgoing_auth.wasm); by output:
                                  envoy: a file path or file:///PATH
                                  istio: oci://, https:// or file:///PATH; required
                                  envoy-gateway: oci:// or https://; required
                                  never http://: anyone on the path could swap the module
+      --module <LOCATION>      envoy-gateway --native: the liboutgoing_auth.so the EnvoyProxy
+                               registers: an absolute path or file:///PATH in the proxy container,
+                               or https:// with --sha256; required, never http://
       --sha256 <HEX>           The module's SHA-256 (istio: spec.sha256; envoy-gateway:
-                               code.image.sha256 or code.http.sha256)
-      --name <NAME>            metadata.name of the WasmPlugin / EnvoyExtensionPolicy
-                               (default: outgoing-auth)
-      --namespace <NS>         metadata.namespace of the WasmPlugin / EnvoyExtensionPolicy
+                               code.image.sha256 or code.http.sha256; envoy-gateway --native with
+                               an https:// --module: remote.sha256)
+      --name <NAME>            metadata.name of the WasmPlugin / EnvoyExtensionPolicy (and
+                               EnvoyProxy) (default: outgoing-auth)
+      --namespace <NS>         metadata.namespace of the WasmPlugin / EnvoyExtensionPolicy (and
+                               EnvoyProxy)
       --selector <KEY=VALUE>   istio: selector.matchLabels; repeatable
       --phase <PHASE>          istio: STATS (default: after Istio's authentication and
                                authorization filters, CUSTOM ext_authz included; the output's
@@ -147,11 +160,15 @@ Examples:
     --upstreams github
   outgoing-auth convert -f k8s/examples/ -o envoy
   outgoing-auth convert -f k8s/examples/ -o envoy --mcp-router
+  outgoing-auth convert -f k8s/examples/ -o envoy --native
   kubectl get mcpexternalauthconfigs,virtualmcpservers -o yaml | outgoing-auth convert -f - \\
     -o istio --wasm oci://registry.example.com/outgoing-auth:0.1.0 --selector app=mcp-gateway
   outgoing-auth convert -f k8s/examples/token-exchange.yaml --default corp-sts \\
     --upstreams corporate-idp -o envoy-gateway \\
     --wasm oci://registry.example.com/outgoing-auth:0.1.0 --target-ref Gateway/mcp-gateway
+  outgoing-auth convert -f k8s/examples/token-exchange.yaml --default corp-sts \\
+    --upstreams corporate-idp -o envoy-gateway --native \\
+    --module /usr/lib/envoy/modules/liboutgoing_auth.so --target-ref Gateway/mcp-gateway
 ";
 
 const CRD_HELP: &str = "\
@@ -680,7 +697,14 @@ fn convert_command(args: &[String], io: &mut Io<'_>) -> i32 {
                     no_value(f, v)?;
                     opts.mcp_router = true;
                 }
+                Arg::Flag(f @ "--native", v) => {
+                    no_value(f, v)?;
+                    out.native = true;
+                }
                 Arg::Flag(f @ "--wasm", v) => out.wasm = Some(parsed.value(f, v)?.to_owned()),
+                Arg::Flag(f @ "--module", v) => {
+                    out.module = Some(non_empty(f, parsed.value(f, v)?)?)
+                }
                 Arg::Flag(f @ "--sha256", v) => {
                     let sha = parsed.value(f, v)?;
                     if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -746,6 +770,9 @@ fn convert_command(args: &[String], io: &mut Io<'_>) -> i32 {
     }
     if opts.mcp_router && out.format != Format::Envoy {
         return usage_error(io, output::MCP_ROUTER_NEEDS_ENVOY, CONVERT_HELP);
+    }
+    if let Err(e) = output::check_native(&out) {
+        return usage_error(io, e, CONVERT_HELP);
     }
     if out.format != Format::EnvoyGateway && !out.target_refs.is_empty() {
         return usage_error(

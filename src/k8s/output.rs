@@ -1,5 +1,7 @@
 //! Rendering a conversion as what a deployment consumes: the filter JSON, an Envoy `http_filters`
-//! entry, an Istio `WasmPlugin` or an Envoy Gateway `EnvoyExtensionPolicy`.
+//! entry, an Istio `WasmPlugin` or an Envoy Gateway `EnvoyExtensionPolicy`. With `--native` the
+//! Envoy and Envoy Gateway outputs load the dynamic module (`liboutgoing_auth.so`) instead of the
+//! proxy-wasm module, with the same filter JSON.
 //!
 //! The YAML formats start with comments that say which Secret key each environment variable must
 //! carry and which Envoy clusters the token exchanges call; for the JSON format the CLI prints the
@@ -142,10 +144,132 @@ pub fn module_location(
     Ok(Some((kind, w.to_owned())))
 }
 
+/// `dynamic_module_config.name` of the `--native` Envoy entry: Envoy loads
+/// `lib<name>.so` from the directory in `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+pub const NATIVE_MODULE_NAME: &str = "outgoing_auth";
+/// The file Envoy looks for, `lib` + [`NATIVE_MODULE_NAME`] + `.so`.
+pub const NATIVE_MODULE_FILE: &str = "liboutgoing_auth.so";
+/// `filter_name` (Envoy) / `filterName` (Envoy Gateway): the filter inside the module.
+pub const NATIVE_FILTER_NAME: &str = "outgoing_auth";
+/// The name under which the EnvoyProxy registers the module and the EnvoyExtensionPolicy
+/// references it (Envoy Gateway's pattern `^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$` has no `_`).
+pub const GATEWAY_MODULE_NAME: &str = "outgoing-auth";
+/// The Envoy minor version the dynamic module is built for (its ABI is Envoy's own).
+pub const NATIVE_ENVOY_VERSION: &str = "1.40";
+
+/// `--native` with `--wasm`.
+pub const NATIVE_WITH_WASM: &str = "--wasm and --native exclude each other: --wasm says where the \
+     proxy-wasm module is, --native loads the dynamic module liboutgoing_auth.so instead (drop one)";
+/// `--native` with `-o istio`.
+pub const NATIVE_NOT_FOR_ISTIO: &str = "--native is not for --output istio: Istio's WasmPlugin \
+     loads proxy-wasm modules only; use the wasm module there (-o istio --wasm LOCATION)";
+/// `--native` with `-o filter` (the default).
+pub const NATIVE_NOT_FOR_FILTER: &str = "--native is for --output envoy or envoy-gateway: the \
+     filter's JSON config (-o filter) is the same for the wasm and the native module";
+/// `--module` anywhere but `-o envoy-gateway --native`.
+pub const MODULE_NEEDS_GATEWAY_NATIVE: &str = "--module is for --output envoy-gateway --native \
+     (the liboutgoing_auth.so the EnvoyProxy registers); -o envoy --native names the module, and \
+     Envoy finds liboutgoing_auth.so in the directory ENVOY_DYNAMIC_MODULES_SEARCH_PATH names";
+/// The rule for `--module`, as `outgoing-auth convert --help` prints it; [`native_source`]
+/// enforces it.
+pub const MODULE_RULE: &str =
+    "an absolute path or file:///PATH in the proxy container, or https:// with --sha256";
+
+/// Checks `--native` and `--module` against the other output flags; the error is a usage
+/// message. Where the module is (`--module` itself) is checked by [`native_source`].
+pub fn check_native(opts: &Options) -> Result<(), &'static str> {
+    if !opts.native {
+        return match opts.module {
+            Some(_) => Err(MODULE_NEEDS_GATEWAY_NATIVE),
+            None => Ok(()),
+        };
+    }
+    match opts.format {
+        Format::Filter => Err(NATIVE_NOT_FOR_FILTER),
+        Format::Istio => Err(NATIVE_NOT_FOR_ISTIO),
+        _ if opts.wasm.is_some() => Err(NATIVE_WITH_WASM),
+        Format::Envoy if opts.module.is_some() => Err(MODULE_NEEDS_GATEWAY_NATIVE),
+        Format::Envoy | Format::EnvoyGateway => Ok(()),
+    }
+}
+
+/// Where Envoy Gateway's EnvoyProxy loads the dynamic module from (`DynamicModuleSource`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NativeSource {
+    /// `type: Local`, `local.path`: an absolute path in the proxy container.
+    Local(String),
+    /// `type: Remote`, `remote.url` and `remote.sha256` (required there).
+    Remote { url: String, sha256: String },
+}
+
+/// Classifies `--module` (with `--sha256`) for `-o envoy-gateway --native` by [`MODULE_RULE`].
+pub fn native_source(
+    module: Option<&str>,
+    sha256: Option<&str>,
+) -> Result<NativeSource, Diagnostic> {
+    let fail = |why: String| {
+        Err(usage(&format!(
+            "{why} (--module, envoy-gateway --native: {MODULE_RULE}; never http://)"
+        )))
+    };
+    let Some(m) = module else {
+        return fail("--output envoy-gateway --native needs --module".to_owned());
+    };
+    if let Some(rest) = m.strip_prefix("https://") {
+        if rest.is_empty() {
+            return fail(format!("--module {}: nothing after the scheme", quote(m)));
+        }
+        let Some(sha) = sha256 else {
+            return fail(format!(
+                "--module {}: a remote module needs --sha256 (the EnvoyProxy's remote source \
+                 requires it, and Envoy checks the download against it)",
+                quote(m)
+            ));
+        };
+        return Ok(NativeSource::Remote {
+            url: m.to_owned(),
+            sha256: sha.to_owned(),
+        });
+    }
+    let path = if let Some(p) = m.strip_prefix("file://") {
+        p
+    } else if m.starts_with("http://") {
+        return fail(format!("--module {}: plain http:// is refused", quote(m)));
+    } else if let Some((scheme, _)) = m.split_once("://") {
+        return fail(format!(
+            "--module {}: Envoy Gateway loads a dynamic module from a path or an https:// URL, \
+             not {scheme}://",
+            quote(m)
+        ));
+    } else {
+        m
+    };
+    if !path.starts_with('/') {
+        return fail(format!(
+            "--module {}: the EnvoyProxy's local source needs an absolute path",
+            quote(m)
+        ));
+    }
+    if sha256.is_some() {
+        return fail(format!(
+            "--sha256 is for an https:// --module: the EnvoyProxy's local source ({}) has no \
+             digest",
+            quote(m)
+        ));
+    }
+    Ok(NativeSource::Local(path.to_owned()))
+}
+
 /// The output flags.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub format: Format,
+    /// `--native`: load the Envoy dynamic module instead of the proxy-wasm module (envoy and
+    /// envoy-gateway only; see [`check_native`]).
+    pub native: bool,
+    /// `--module`: where the dynamic module is, for envoy-gateway `--native` (see
+    /// [`native_source`]).
+    pub module: Option<String>,
     /// `metadata.name` of the Istio / Envoy Gateway resource.
     pub name: String,
     pub namespace: Option<String>,
@@ -165,6 +289,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             format: Format::Filter,
+            native: false,
+            module: None,
             name: DEFAULT_NAME.to_owned(),
             namespace: None,
             wasm: None,
@@ -209,6 +335,14 @@ impl Serialize for Node<'_> {
     }
 }
 
+/// `node` as YAML; a long one-line string stays one plain (or quoted) scalar rather than a
+/// folded block (`>-`), so that type URLs and the like read as they are written.
+fn yaml(node: &Node) -> Result<String, Diagnostic> {
+    let mut options = serde_saphyr::SerializerOptions::default();
+    options.folded_wrap_chars = usize::MAX;
+    serde_saphyr::to_string_with_options(node, options).map_err(|e| usage(&e.to_string()))
+}
+
 fn string(s: impl Into<String>) -> Node<'static> {
     Node::Str(s.into())
 }
@@ -228,6 +362,64 @@ pub const MCP_ROUTER_NEEDS_ENVOY: &str = "--mcp-router is for --output envoy: `-
 
 const STS_CLUSTER_ADVICE: &str =
     "Define each under static_resources.clusters (with TLS for https).";
+
+const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
+
+/// How the `-o envoy` entries load the module.
+#[derive(Debug, Clone, Copy)]
+enum Loader<'f> {
+    /// The proxy-wasm module at this path (`envoy.filters.http.wasm`).
+    Wasm(&'f str),
+    /// The dynamic module, found through `ENVOY_DYNAMIC_MODULES_SEARCH_PATH` (`--native`).
+    Native,
+}
+
+/// An `http_filters` entry that loads the module with `configuration` (the filter's JSON); the
+/// wasm entry lists `env_keys` in `host_env_keys`, the native one has no such list (a dynamic
+/// module reads Envoy's own environment).
+fn filter_entry<'a>(
+    loader: Loader<'_>,
+    env_keys: Vec<Node<'a>>,
+    configuration: String,
+) -> Node<'a> {
+    match loader {
+        Loader::Wasm(filename) => envoy_entry(filename, env_keys, configuration),
+        Loader::Native => native_entry(configuration),
+    }
+}
+
+/// The dynamic module's `http_filters` entry (Envoy 1.40's
+/// `envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter`): the module by name,
+/// the filter JSON as a StringValue, which Envoy passes to the module as is.
+fn native_entry<'a>(configuration: String) -> Node<'a> {
+    Node::Map(vec![
+        ("name", string(NATIVE_FILTER_NAME)),
+        (
+            "typed_config",
+            Node::Map(vec![
+                (
+                    "@type",
+                    string(
+                        "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.\
+                         DynamicModuleFilter",
+                    ),
+                ),
+                (
+                    "dynamic_module_config",
+                    Node::Map(vec![("name", string(NATIVE_MODULE_NAME))]),
+                ),
+                ("filter_name", string(NATIVE_FILTER_NAME)),
+                (
+                    "filter_config",
+                    Node::Map(vec![
+                        ("@type", string(STRING_VALUE)),
+                        ("value", string(configuration)),
+                    ]),
+                ),
+            ]),
+        ),
+    ])
+}
 
 /// An `http_filters` entry that loads the module with `configuration` (the filter's JSON).
 fn envoy_entry<'a>(filename: &str, env_keys: Vec<Node<'a>>, configuration: String) -> Node<'a> {
@@ -266,10 +458,7 @@ fn envoy_entry<'a>(filename: &str, env_keys: Vec<Node<'a>>, configuration: Strin
                         (
                             "configuration",
                             Node::Map(vec![
-                                (
-                                    "@type",
-                                    string("type.googleapis.com/google.protobuf.StringValue"),
-                                ),
+                                ("@type", string(STRING_VALUE)),
                                 ("value", string(configuration)),
                             ]),
                         ),
@@ -291,32 +480,41 @@ pub const VM_ID: &str = "outgoing_auth";
 fn mcp_router_yaml(
     conv: &Conversion,
     pair: &McpRouter,
-    filename: &str,
+    loader: Loader<'_>,
 ) -> Result<String, Diagnostic> {
     let env_keys = conv.secrets.iter().map(|s| string(s.env.clone())).collect();
-    let issuing = Node::Seq(vec![envoy_entry(
-        filename,
+    let issuing = Node::Seq(vec![filter_entry(
+        loader,
         Vec::new(),
         to_json(&pair.issuing),
     )]);
-    let accepting = Node::Seq(vec![envoy_entry(
-        filename,
+    let accepting = Node::Seq(vec![filter_entry(
+        loader,
         env_keys,
         to_json(&pair.accepting),
     )]);
-    let yaml = |n: &Node| serde_saphyr::to_string(n).map_err(|e| usage(&e.to_string()));
-    let how = [
-        "Only the accepting instance reads them: its vm_config lists them in",
-        "environment_variables.host_env_keys. Envoy's process needs them in its environment;",
-        "in a Pod, the Envoy container's env:",
-    ]
+    let native = matches!(loader, Loader::Native);
+    let how = if native {
+        [
+            "Only the accepting instance reads them, from Envoy's own environment (a dynamic",
+            "module has no host_env_keys list). Envoy's process needs them in its environment;",
+            "in a Pod, the Envoy container's env:",
+        ]
+    } else {
+        [
+            "Only the accepting instance reads them: its vm_config lists them in",
+            "environment_variables.host_env_keys. Envoy's process needs them in its environment;",
+            "in a Pod, the Envoy container's env:",
+        ]
+    }
     .map(str::to_owned);
-    let header = header(
-        conv,
-        &how,
-        &[STS_CLUSTER_ADVICE.to_owned()],
-        &mcp_router_comment(pair),
-    );
+    let mut extra = Vec::new();
+    if native {
+        extra.extend(native_envoy_comment());
+        extra.push(String::new());
+    }
+    extra.extend(mcp_router_comment(pair, native));
+    let header = header(conv, &how, &[STS_CLUSTER_ADVICE.to_owned()], &extra);
     let header_value = crate::core::config::DEFAULT_HANDOFF_HEADER;
     let issuing_comment = comment_block(&[
         "1. The issuing instance: in the listener's http_filters, after the auth filter".to_owned(),
@@ -350,20 +548,52 @@ fn mcp_router_yaml(
     ))
 }
 
+/// What the `-o envoy --native` header says about the module: how Envoy finds it, and which
+/// Envoy it must be built for.
+fn native_envoy_comment() -> Vec<String> {
+    vec![
+        format!(
+            "The dynamic module: Envoy loads {NATIVE_MODULE_FILE} (dynamic_module_config.name {NATIVE_MODULE_NAME})"
+        ),
+        "from the directory its environment variable ENVOY_DYNAMIC_MODULES_SEARCH_PATH names (unset:"
+            .to_owned(),
+        "Envoy's working directory), e.g. ENVOY_DYNAMIC_MODULES_SEARCH_PATH=/etc/envoy/modules for"
+            .to_owned(),
+        format!("/etc/envoy/modules/{NATIVE_MODULE_FILE}. Build the module for this Envoy's minor version,"),
+        format!("{NATIVE_ENVOY_VERSION}: Envoy checks the ABI version the module was built against."),
+    ]
+}
+
 /// What the header says about the mcp_router layout: the shared vm_id, the cluster names, why
 /// `clientBearer`, `header_forwarding` (with a snippet) and `lazy_initialization`.
-fn mcp_router_comment(pair: &McpRouter) -> Vec<String> {
+fn mcp_router_comment(pair: &McpRouter, native: bool) -> Vec<String> {
     let header = crate::core::config::DEFAULT_HANDOFF_HEADER;
     let mut out = vec![
         "Behind envoy.filters.http.mcp_router (README \"Behind mcp_router\"; envoy/mcp-router.yaml"
             .to_owned(),
-        "is a complete example): two instances of the module, the two YAML documents below."
-            .to_owned(),
-        format!("Both have vm_config.vm_id {VM_ID}, so they share the key that seals the hand-off"),
-        "(random, made at startup): keep the vm_ids equal, or give both handoff.keyEnv (the same"
-            .to_owned(),
-        "secret of at least 32 bytes, listed in host_env_keys).".to_owned(),
     ];
+    if native {
+        out.extend(
+            [
+                "is a complete example, with the wasm module): two instances of the module, the two",
+                "YAML documents below. Envoy loads liboutgoing_auth.so once per process, so both",
+                "share the key that seals the hand-off (random, made at startup); or give both",
+                "handoff.keyEnv (the same secret of at least 32 bytes, in Envoy's environment).",
+            ]
+            .map(str::to_owned),
+        );
+    } else {
+        out.extend([
+            "is a complete example): two instances of the module, the two YAML documents below."
+                .to_owned(),
+            format!(
+                "Both have vm_config.vm_id {VM_ID}, so they share the key that seals the hand-off"
+            ),
+            "(random, made at startup): keep the vm_ids equal, or give both handoff.keyEnv (the same"
+                .to_owned(),
+            "secret of at least 32 bytes, listed in host_env_keys).".to_owned(),
+        ]);
+    }
     let backends: Vec<&str> = pair
         .accepting
         .outgoing_auth
@@ -421,9 +651,26 @@ pub fn render(conv: &Conversion, opts: &Options) -> Result<String, Diagnostic> {
     if conv.mcp_router.is_some() && opts.format != Format::Envoy {
         return Err(usage(MCP_ROUTER_NEEDS_ENVOY));
     }
+    check_native(opts).map_err(usage)?;
     let env_keys: Vec<Node> = conv.secrets.iter().map(|s| string(s.env.clone())).collect();
     let (doc, how_to_set_env, cluster_advice) = match opts.format {
         Format::Filter => return Ok(format!("{}\n", to_json(&conv.config))),
+        Format::Envoy if opts.native => {
+            if let Some(pair) = &conv.mcp_router {
+                return mcp_router_yaml(conv, pair, Loader::Native);
+            }
+            (
+                Node::Seq(vec![native_entry(to_json(&conv.config))]),
+                vec![
+                    "The module reads them from Envoy's own environment (a dynamic module has no"
+                        .to_owned(),
+                    "host_env_keys list, unlike the wasm entry). In a Pod, the Envoy container's env:"
+                        .to_owned(),
+                ],
+                vec![STS_CLUSTER_ADVICE.to_owned()],
+            )
+        }
+        Format::EnvoyGateway if opts.native => return gateway_native_yaml(conv, opts),
         Format::Envoy => {
             let location = module_location(Format::Envoy, opts.wasm.as_deref())?;
             let filename = match &location {
@@ -431,7 +678,7 @@ pub fn render(conv: &Conversion, opts: &Options) -> Result<String, Diagnostic> {
                 Some((_, w)) => w.strip_prefix("file://").unwrap_or(w),
             };
             if let Some(pair) = &conv.mcp_router {
-                return mcp_router_yaml(conv, pair, filename);
+                return mcp_router_yaml(conv, pair, Loader::Wasm(filename));
             }
             (
                 Node::Seq(vec![envoy_entry(filename, env_keys, to_json(&conv.config))]),
@@ -518,12 +765,7 @@ pub fn render(conv: &Conversion, opts: &Options) -> Result<String, Diagnostic> {
             else {
                 return Err(usage("--output envoy-gateway needs --wasm"));
             };
-            if opts.target_refs.is_empty() {
-                return Err(usage(
-                    "--output envoy-gateway needs --target-ref KIND/NAME: the Gateway or HTTPRoute \
-                     the policy attaches to (e.g. --target-ref Gateway/mcp-gateway)",
-                ));
-            }
+            let targets = gateway_targets(opts)?;
             // Envoy Gateway reads the digest from the code source it belongs to:
             // code.image.sha256 or code.http.sha256 (api/v1alpha1/wasm_types.go).
             let (source_type, source_key, url) = match kind {
@@ -551,53 +793,172 @@ pub fn render(conv: &Conversion, opts: &Options) -> Result<String, Diagnostic> {
             if !env_keys.is_empty() {
                 wasm_entry.push(("env", Node::Map(vec![("hostKeys", Node::Seq(env_keys))])));
             }
-            let targets = opts
-                .target_refs
-                .iter()
-                .map(|(kind, name)| {
-                    Node::Map(vec![
-                        ("group", string("gateway.networking.k8s.io")),
-                        ("kind", string(kind.clone())),
-                        ("name", string(name.clone())),
-                    ])
-                })
-                .collect();
             (
-                Node::Map(vec![
-                    ("apiVersion", string("gateway.envoyproxy.io/v1alpha1")),
-                    ("kind", string("EnvoyExtensionPolicy")),
-                    ("metadata", metadata(opts)),
-                    (
-                        "spec",
-                        Node::Map(vec![
-                            ("targetRefs", Node::Seq(targets)),
-                            ("wasm", Node::Seq(vec![Node::Map(wasm_entry)])),
-                        ]),
-                    ),
-                ]),
+                extension_policy(opts, targets, ("wasm", Node::Map(wasm_entry))),
                 vec![
                     "env.hostKeys passes them from the Envoy proxy's environment. Add them to the"
                         .to_owned(),
-                    "EnvoyProxy's spec.provider.kubernetes.envoyDeployment.container.env:".to_owned(),
-                ],
-                vec![
-                    "Envoy Gateway only creates clusters for routes and Backends: make sure each exists"
-                        .to_owned(),
-                    "in the generated xDS (e.g. with an EnvoyPatchPolicy) or pass --sts-cluster NAME."
+                    "EnvoyProxy's spec.provider.kubernetes.envoyDeployment.container.env:"
                         .to_owned(),
                 ],
+                gateway_cluster_advice(),
             )
         }
     };
-    let extra = if opts.format == Format::Istio {
-        istio_phase_comment(&conv.config, opts.phase.as_deref())
-    } else {
-        Vec::new()
+    let extra = match opts.format {
+        Format::Istio => istio_phase_comment(&conv.config, opts.phase.as_deref()),
+        Format::Envoy if opts.native => native_envoy_comment(),
+        _ => Vec::new(),
     };
-    let body = serde_saphyr::to_string(&doc).map_err(|e| usage(&e.to_string()))?;
+    let body = yaml(&doc)?;
     Ok(format!(
         "{}{body}",
         header(conv, &how_to_set_env, &cluster_advice, &extra)
+    ))
+}
+
+/// `spec.targetRefs` of the EnvoyExtensionPolicy, from `--target-ref` (required).
+fn gateway_targets<'a>(opts: &'a Options) -> Result<Node<'a>, Diagnostic> {
+    if opts.target_refs.is_empty() {
+        return Err(usage(
+            "--output envoy-gateway needs --target-ref KIND/NAME: the Gateway or HTTPRoute \
+             the policy attaches to (e.g. --target-ref Gateway/mcp-gateway)",
+        ));
+    }
+    Ok(Node::Seq(
+        opts.target_refs
+            .iter()
+            .map(|(kind, name)| {
+                Node::Map(vec![
+                    ("group", string("gateway.networking.k8s.io")),
+                    ("kind", string(kind.clone())),
+                    ("name", string(name.clone())),
+                ])
+            })
+            .collect(),
+    ))
+}
+
+/// An EnvoyExtensionPolicy with `targets` and one filter list (`wasm` or `dynamicModule`).
+fn extension_policy<'a>(
+    opts: &'a Options,
+    targets: Node<'a>,
+    (list, entry): (&'a str, Node<'a>),
+) -> Node<'a> {
+    Node::Map(vec![
+        ("apiVersion", string("gateway.envoyproxy.io/v1alpha1")),
+        ("kind", string("EnvoyExtensionPolicy")),
+        ("metadata", metadata(opts)),
+        (
+            "spec",
+            Node::Map(vec![
+                ("targetRefs", targets),
+                (list, Node::Seq(vec![entry])),
+            ]),
+        ),
+    ])
+}
+
+fn gateway_cluster_advice() -> Vec<String> {
+    vec![
+        "Envoy Gateway only creates clusters for routes and Backends: make sure each exists"
+            .to_owned(),
+        "in the generated xDS (e.g. with an EnvoyPatchPolicy) or pass --sts-cluster NAME."
+            .to_owned(),
+    ]
+}
+
+/// `-o envoy-gateway --native`: the header, then two YAML documents: the EnvoyProxy that
+/// registers the dynamic module (`spec.dynamicModules`, an allowlist Envoy Gateway checks every
+/// policy against), and the EnvoyExtensionPolicy whose `dynamicModule` entry loads it by name
+/// with the filter config. Field names: Envoy Gateway's api/v1alpha1 (dynamic_module_types.go,
+/// envoyproxy_types.go, envoyextensionypolicy_types.go), v1.8 and later.
+fn gateway_native_yaml(conv: &Conversion, opts: &Options) -> Result<String, Diagnostic> {
+    let source = native_source(opts.module.as_deref(), opts.sha256.as_deref())?;
+    let targets = gateway_targets(opts)?;
+    let source_node = match &source {
+        NativeSource::Local(path) => Node::Map(vec![
+            ("type", string("Local")),
+            ("local", Node::Map(vec![("path", string(path.clone()))])),
+        ]),
+        NativeSource::Remote { url, sha256 } => Node::Map(vec![
+            ("type", string("Remote")),
+            (
+                "remote",
+                Node::Map(vec![
+                    ("url", string(url.clone())),
+                    ("sha256", string(sha256.clone())),
+                ]),
+            ),
+        ]),
+    };
+    let proxy = Node::Map(vec![
+        ("apiVersion", string("gateway.envoyproxy.io/v1alpha1")),
+        ("kind", string("EnvoyProxy")),
+        ("metadata", metadata(opts)),
+        (
+            "spec",
+            Node::Map(vec![(
+                "dynamicModules",
+                Node::Seq(vec![Node::Map(vec![
+                    ("name", string(GATEWAY_MODULE_NAME)),
+                    ("source", source_node),
+                ])]),
+            )]),
+        ),
+    ]);
+    let entry = Node::Map(vec![
+        ("name", string(GATEWAY_MODULE_NAME)),
+        ("filterName", string(NATIVE_FILTER_NAME)),
+        ("config", Node::Config(&conv.config)),
+    ]);
+    let policy = extension_policy(opts, targets, ("dynamicModule", entry));
+    let how = [
+        "The module reads them from the Envoy proxy's own environment (a dynamic module has no",
+        "env.hostKeys). Add them to the EnvoyProxy's spec.provider.kubernetes.envoyDeployment.container.env:",
+    ]
+    .map(str::to_owned);
+    let mut about = vec![
+        format!(
+            "Two resources: the EnvoyProxy registers the dynamic module {NATIVE_MODULE_FILE} as {GATEWAY_MODULE_NAME}"
+        ),
+        "(spec.dynamicModules, Envoy Gateway v1.8 and later), and the EnvoyExtensionPolicy's"
+            .to_owned(),
+        "dynamicModule entry loads it by that name. The EnvoyProxy applies to a Gateway whose"
+            .to_owned(),
+        "spec.infrastructure.parametersRef (or whose GatewayClass's parametersRef) names it; a"
+            .to_owned(),
+        "Gateway's EnvoyProxy replaces its GatewayClass's unless it sets mergeType. To keep the"
+            .to_owned(),
+        "EnvoyProxy you have, add the spec.dynamicModules entry to it instead.".to_owned(),
+    ];
+    match &source {
+        NativeSource::Local(path) => {
+            about.push(format!(
+                "The proxy container must have the module at {path}"
+            ));
+            about.push("(an init container, a volume or a custom image).".to_owned());
+        }
+        NativeSource::Remote { .. } => about.push(
+            "Envoy downloads the module and checks it against remote.sha256 before loading it."
+                .to_owned(),
+        ),
+    }
+    about.extend([
+        format!(
+            "Build the module for the proxy's Envoy minor version, {NATIVE_ENVOY_VERSION} (Envoy checks the ABI"
+        ),
+        "version the module was built against); Envoy Gateway v1.9.0 runs Envoy 1.39 by default:"
+            .to_owned(),
+        format!(
+            "set the EnvoyProxy's spec.provider.kubernetes.envoyDeployment.container.image to Envoy {NATIVE_ENVOY_VERSION}."
+        ),
+    ]);
+    Ok(format!(
+        "{}{}---\n{}",
+        header(conv, &how, &gateway_cluster_advice(), &about),
+        yaml(&proxy)?,
+        yaml(&policy)?
     ))
 }
 
