@@ -104,9 +104,15 @@ impl CacheKey {
     /// apart), so a configuration update that changes the cache settings leaves no second table
     /// behind.
     pub fn slot_name(&self, max_entries: u32) -> String {
+        slot_key(u64::from(self.slot(max_entries)))
+    }
+
+    /// The slot this key takes in a table of `max_entries` slots.
+    pub fn slot(&self, max_entries: u32) -> u32 {
         let mut word = [0u8; 8];
         word.copy_from_slice(self.0.get(..8).unwrap_or(&[0; 8]));
-        slot_key(u64::from_le_bytes(word) % u64::from(max_entries.max(1)))
+        let slot = u64::from_le_bytes(word) % u64::from(max_entries.max(1));
+        u32::try_from(slot).unwrap_or(0)
     }
 }
 

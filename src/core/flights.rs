@@ -1,10 +1,10 @@
 //! Coalescing of token exchanges on one worker: identical cache misses wait for one STS call.
 //!
-//! Host-independent bookkeeping; the adapter makes the calls and resumes the requests. Contexts
-//! are proxy-wasm context ids.
+//! Host-independent bookkeeping; the adapter makes the calls and resumes the requests. Requests
+//! are the adapter's ids (proxy-wasm context ids; the native build's stream ids); `C` is how the
+//! adapter shares what a call needs (`Rc` on one wasm worker, `Arc` across native workers).
 
 use std::collections::HashMap;
-use std::rc::Rc;
 
 use crate::core::cache::CacheKey;
 
@@ -13,11 +13,11 @@ use crate::core::cache::CacheKey;
 pub struct Flight<C> {
     /// The context whose call is in flight; `None` once it went away before the answer (its call
     /// died with it) until another context sends the call again.
-    pub caller: Option<u32>,
+    pub caller: Option<u64>,
     /// Every request waiting for this exchange, the caller included.
-    pub waiting: Vec<u32>,
+    pub waiting: Vec<u64>,
     /// What is needed to send the call (again).
-    pub call: Rc<C>,
+    pub call: C,
 }
 
 /// What a departing request leaves behind.
@@ -44,7 +44,7 @@ impl<C> Default for Flights<C> {
 
 impl<C> Flights<C> {
     /// Joins the flight for `key` if there is one; `false` means the caller must start one.
-    pub fn join(&mut self, key: &CacheKey, context: u32) -> bool {
+    pub fn join(&mut self, key: &CacheKey, context: u64) -> bool {
         match self.by_key.get_mut(key) {
             Some(flight) => {
                 flight.waiting.push(context);
@@ -55,7 +55,7 @@ impl<C> Flights<C> {
     }
 
     /// Records the call `context` just sent for `key`.
-    pub fn start(&mut self, key: CacheKey, context: u32, call: Rc<C>) {
+    pub fn start(&mut self, key: CacheKey, context: u64, call: C) {
         self.by_key.insert(
             key,
             Flight {
@@ -72,7 +72,7 @@ impl<C> Flights<C> {
     }
 
     /// `context` is done (answered, or its client went away).
-    pub fn leave(&mut self, key: &CacheKey, context: u32) -> Departure {
+    pub fn leave(&mut self, key: &CacheKey, context: u64) -> Departure {
         let Some(flight) = self.by_key.get_mut(key) else {
             return Departure::Gone;
         };
@@ -90,16 +90,29 @@ impl<C> Flights<C> {
     }
 
     /// Flights whose caller went away, with what is needed to call again.
-    pub fn orphans(&self) -> Vec<(CacheKey, Rc<C>)> {
+    pub fn orphans(&self) -> Vec<(CacheKey, C)>
+    where
+        C: Clone,
+    {
         self.by_key
             .iter()
             .filter(|(_, f)| f.caller.is_none())
-            .map(|(k, f)| (*k, Rc::clone(&f.call)))
+            .map(|(k, f)| (*k, f.call.clone()))
             .collect()
     }
 
+    /// What the flight for `key` needs to send its call.
+    pub fn call(&self, key: &CacheKey) -> Option<&C> {
+        self.by_key.get(key).map(|f| &f.call)
+    }
+
+    /// The requests waiting for `key`, the caller first.
+    pub fn waiting(&self, key: &CacheKey) -> &[u64] {
+        self.by_key.get(key).map_or(&[], |f| f.waiting.as_slice())
+    }
+
     /// `context` sent the call again for an orphaned flight.
-    pub fn adopt(&mut self, key: &CacheKey, context: u32) {
+    pub fn adopt(&mut self, key: &CacheKey, context: u64) {
         if let Some(flight) = self.by_key.get_mut(key) {
             flight.caller = Some(context);
         }
@@ -116,6 +129,8 @@ impl<C> Flights<C> {
 
 #[cfg(test)]
 mod tests {
+    use std::rc::Rc;
+
     use super::*;
     use crate::core::cache::ExchangeScope;
     use crate::core::config::CacheSettings;

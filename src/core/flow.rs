@@ -6,7 +6,7 @@
 //! (which credential, which reply, what is removed, what a re-run starts from) is decided here,
 //! so the wasm and the native build cannot drift apart.
 
-use std::cell::RefCell;
+use std::sync::Mutex;
 
 use log::{debug, warn};
 
@@ -94,7 +94,7 @@ pub struct HandoffRuntime {
     pub mode: HandoffMode,
     /// Lower case.
     pub header: String,
-    key: RefCell<Key>,
+    key: Mutex<Key>,
     /// The key is the instances' shared random one (not `keyEnv`): re-read it when a seal does
     /// not open, in case another instance made it first.
     shared_key: bool,
@@ -116,7 +116,7 @@ impl HandoffRuntime {
         Ok(HandoffRuntime {
             mode: config.mode,
             header: config.header.clone(),
-            key: RefCell::new(key),
+            key: Mutex::new(key),
             shared_key,
             upstreams,
         })
@@ -130,19 +130,30 @@ impl HandoffRuntime {
     /// under the key stored now (another instance may have made it first).
     fn open(&self, host: &dyn Host, sealed: &[u8]) -> Result<Handoff, HandoffProblem> {
         let now = host.now_ms().unwrap_or(0);
-        let opened = Handoff::open(sealed, &self.key.borrow(), now);
+        let current = self.key();
+        let opened = Handoff::open(sealed, &current, now);
         match opened {
             Err(HandoffProblem::NotSealedHere) if self.shared_key => {
                 match host.stored_handoff_key() {
-                    Some(key) if key != *self.key.borrow() => {
+                    Some(key) if key != current => {
                         let again = Handoff::open(sealed, &key, now);
-                        *self.key.borrow_mut() = key;
+                        if let Ok(mut cached) = self.key.lock() {
+                            *cached = key;
+                        }
                         again
                     }
                     _ => opened,
                 }
             }
             other => other,
+        }
+    }
+
+    /// The key in use (instances of the native build share it across workers).
+    fn key(&self) -> Key {
+        match self.key.lock() {
+            Ok(key) => key.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 }
@@ -498,7 +509,7 @@ impl Engine {
         let mut nonce = [0u8; handoff::NONCE_BYTES];
         host.random_bytes(&mut nonce)
             .map_err(|_| host_error("make a hand-off nonce"))?;
-        let value = handoff.seal(&issuer.key.borrow(), &nonce);
+        let value = handoff.seal(&issuer.key(), &nonce);
         host.set_request_header(&issuer.header, value.as_bytes())
             .map_err(|_| host_error("set the hand-off header"))?;
         host.count(Counter::HandoffIssued);

@@ -53,6 +53,9 @@ pub enum Rule {
     /// `missingToken`: a challenge value, connect URL or message that cannot be sent, or a
     /// connect URL for a provider that is not configured.
     S18,
+    /// Native build only: the upstream tokens are in a Struct (`metadataKey`), which the
+    /// dynamic-module ABI cannot read into (it reads top-level keys only).
+    S19,
     /// Warning: a client secret is written inline in the configuration.
     W01,
     /// Warning: `tokenExchange.cluster` is not set; the tokenUrl's host names the cluster.
@@ -60,7 +63,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 24] = [
+    pub const ALL: [Rule; 25] = [
         Rule::V01,
         Rule::V02,
         Rule::V05,
@@ -83,6 +86,7 @@ impl Rule {
         Rule::S16,
         Rule::S17,
         Rule::S18,
+        Rule::S19,
         Rule::W01,
         Rule::W02,
     ];
@@ -111,6 +115,7 @@ impl Rule {
             Rule::S16 => "S-16",
             Rule::S17 => "S-17",
             Rule::S18 => "S-18",
+            Rule::S19 => "S-19",
             Rule::W01 => "W-01",
             Rule::W02 => "W-02",
         }

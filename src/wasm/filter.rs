@@ -42,7 +42,7 @@ struct Runtime {
     cache: CacheSettings,
     counters: Counters,
     /// STS calls in flight on this worker: identical misses wait for one call.
-    flights: RefCell<Flights<StsCall>>,
+    flights: RefCell<Flights<Rc<StsCall>>>,
     /// Calls the root context made for flights whose requester went away: call token → key.
     root_calls: RefCell<HashMap<u32, CacheKey>>,
 }
@@ -183,7 +183,7 @@ impl Runtime {
             }
         }
         self.count(Counter::ExchangeCacheMiss);
-        if self.flights.borrow_mut().join(&key, context_id) {
+        if self.flights.borrow_mut().join(&key, u64::from(context_id)) {
             self.count(Counter::ExchangeCoalesced);
             return Ok(Action::Pause);
         }
@@ -196,7 +196,7 @@ impl Runtime {
         call.dispatch().map_err(AuthError::Exchange)?;
         self.flights
             .borrow_mut()
-            .start(key, context_id, Rc::new(call));
+            .start(key, u64::from(context_id), Rc::new(call));
         Ok(Action::Pause)
     }
 
@@ -248,7 +248,11 @@ impl Runtime {
                 Err(AuthError::Exchange(failure))
             }
         };
-        for &context_id in &flight.waiting {
+        for context_id in flight
+            .waiting
+            .iter()
+            .filter_map(|&id| u32::try_from(id).ok())
+        {
             if context_id != current && host::set_effective_context(context_id).is_err() {
                 continue; // That request is gone.
             }
@@ -275,7 +279,7 @@ impl Runtime {
 
     /// A request that waited for `key` is done (answered, or its client went away).
     fn leave(&self, key: &CacheKey, context_id: u32) {
-        let departure = self.flights.borrow_mut().leave(key, context_id);
+        let departure = self.flights.borrow_mut().leave(key, u64::from(context_id));
         if departure == Departure::Orphaned {
             // Its call died with it; the root context sends it again for the others.
             if let Err(status) = host::set_tick_period_ms(ORPHAN_TICK_MS) {
@@ -290,7 +294,7 @@ impl Runtime {
         for (key, call) in orphans {
             match call.dispatch() {
                 Ok(token) => {
-                    self.flights.borrow_mut().adopt(&key, root_id);
+                    self.flights.borrow_mut().adopt(&key, u64::from(root_id));
                     self.root_calls.borrow_mut().insert(token, key);
                 }
                 Err(failure) => self.complete(&key, |_| Err(failure), root_id),
