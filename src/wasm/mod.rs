@@ -2,6 +2,7 @@
 //! the host calls the SDK does not wrap. The only code of the wasm build that calls the host.
 
 mod filter;
+#[allow(unsafe_code)]
 mod host;
 
 proxy_wasm::main! {{
