@@ -174,6 +174,9 @@ class Authgent(AuthgentApi):
         return self
 
     def _launch(self) -> None:
+        # A fresh database: one left by an earlier start holds keys sealed under another secret.
+        for stale in self.dir.glob("authgent.db*"):
+            stale.unlink()
         settings = {
             "AUTHGENT_SECRET_KEY": secrets.token_hex(32),
             "AUTHGENT_DATABASE_URL": f"sqlite+aiosqlite:///{self.dir / 'authgent.db'}",

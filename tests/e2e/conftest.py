@@ -41,9 +41,26 @@ def envoy_bin() -> Path:
     return _required("ENVOY_BIN")
 
 
+BUILDS = ("wasm", "native")
+
+
 @pytest.fixture(scope="session")
-def wasm_path() -> Path:
-    return _required("WASM_PATH", " (build it with `make build`)")
+def wasm_only_path() -> h.Module:
+    """The proxy-wasm module, for what only the wasm build has (VM failure policies, the demo and
+    its docker-compose, which run the wasm)."""
+    return h.Module.of("wasm", _required("WASM_PATH", " (build it with `make build`)"))
+
+
+@pytest.fixture(scope="session", params=BUILDS)
+def wasm_path(request: pytest.FixtureRequest) -> h.Module:
+    """The filter under test: every test that runs it runs once per build, the proxy-wasm module
+    (WASM_PATH) and the Envoy dynamic module (NATIVE_PATH, found by Envoy through
+    ENVOY_DYNAMIC_MODULES_SEARCH_PATH)."""
+    if request.param == "wasm":
+        return h.Module.of("wasm", _required("WASM_PATH", " (build it with `make build`)"))
+    native = _required("NATIVE_PATH", " (build it with `make build`)")
+    os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(native.parent)
+    return h.Module.of("native", native)
 
 
 @pytest.fixture(scope="session")
@@ -173,7 +190,7 @@ class AuthgentPeers:
 
 @pytest.fixture(scope="session")
 def authgent(envoy_bin, wasm_path, workdir, backend) -> Iterator[AuthgentPeers]:
-    with ag.Authgent(workdir / "authgent-server", exchange_ttl_s=xs.AG_EXCHANGE_TTL_S) as server:
+    with ag.Authgent(workdir / f"authgent-server-{h.build_of(wasm_path)}", exchange_ttl_s=xs.AG_EXCHANGE_TTL_S) as server:
         app = server.register("upstream-app", [ag.CLIENT_CREDENTIALS])
         github_app = server.register("github-app", [ag.CLIENT_CREDENTIALS])
         proxy = server.register("proxy-filter", [h.TOKEN_EXCHANGE_GRANT])

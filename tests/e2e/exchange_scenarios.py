@@ -144,7 +144,7 @@ TE_ROUTES = {
 
 def exchange_config(wasm: Path, backend_port: int, sts_port: int, closed_port: int) -> dict:
     def wasm_filter(config: dict = EXCHANGE_FILTER_CONFIG) -> dict:
-        return h.wasm_filter(config, wasm, host_env_keys=[SECRET_ENV])
+        return h.auth_filter(config, wasm, host_env_keys=[SECRET_ENV])
 
     listeners = [
         h.http_listener(
@@ -260,7 +260,7 @@ def authgent_config(
     the same with no margin, cached for 32 s, for counting calls without racing the expiry."""
 
     def listener(name: str, safety_margin_s: int) -> dict:
-        wasm_filter = h.wasm_filter(
+        wasm_filter = h.auth_filter(
             authgent_filter_config(token_url, proxy_client_id, safety_margin_s),
             wasm,
             host_env_keys=[AG_SECRET_ENV, AG_WRONG_SECRET_ENV],

@@ -39,9 +39,12 @@ from typing import Any, Iterable
 
 LOOPBACK = "127.0.0.1"
 
-# What the filter is called in Envoy (config name, vm_id); its stats live under this prefix.
+# What the filter is called in Envoy (config name, vm_id, dynamic module name); its stats live
+# under this prefix (wasm), or NATIVE_STATS_PREFIX (the dynamic module's default namespace).
 FILTER_NAME = "outgoing_auth"
 STATS_PREFIX = "wasmcustom.outgoing_auth."
+NATIVE_STATS_PREFIX = "dynamicmodulescustom.outgoing_auth."
+DYNAMIC_MODULE_FILTER = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
 
 READY_TIMEOUT_S = 20.0
 EXIT_TIMEOUT_S = 30.0
@@ -555,18 +558,115 @@ def backend_metadata(backend: str) -> dict:
     return {"filter_metadata": {"outgoing_auth": {"backend": backend}}}
 
 
+class Module(type(Path())):
+    """The built filter the suite runs: a path with the build it is (``wasm``: the proxy-wasm
+    module; ``native``: the Envoy dynamic module ``liboutgoing_auth.so``)."""
+
+    kind = "wasm"
+
+    @staticmethod
+    def of(kind: str, path: Path) -> "Module":
+        module = Module(path)
+        module.kind = kind
+        return module
+
+
+def build_of(module: str | Path) -> str:
+    return getattr(module, "kind", "wasm")
+
+
+def auth_filter(
+    filter_config: dict | str,
+    module: str | Path,
+    host_env_keys: Iterable[str] = (),
+    read_body: bool = False,
+) -> dict:
+    """The outgoing-auth filter as an HTTP filter entry (listener chain or cluster upstream chain),
+    for the build ``module`` is (``Module``; a plain path is the wasm).
+
+    ``filter_config`` is the filter's JSON config (a dict), or a raw string sent verbatim (used for
+    the invalid-JSON case). ``read_body`` sets ``allow_on_headers_stop_iteration``, which
+    ``missingToken.readBody`` needs in the wasm build. ``host_env_keys`` are the environment
+    variables the wasm VM may read; the native module reads Envoy's own environment.
+    """
+    if build_of(module) == "native":
+        return native_filter(filter_config)
+    return wasm_filter(filter_config, module, host_env_keys, read_body)
+
+
+def native_tokens(filter_config: dict | str) -> dict | str:
+    """The config with a Struct token layout (``metadataKey``, the default) turned into the
+    ``keyPrefix`` layout the dynamic-module ABI can read (rule S-19): ``<metadataKey>.`` as the
+    prefix, matching the flattened entries ``set_metadata_filter`` writes beside the Struct."""
+    if not isinstance(filter_config, dict) or not isinstance(filter_config.get("authServer"), dict):
+        return filter_config
+    auth = dict(filter_config["authServer"])
+    tokens = auth.get("tokens", {})
+    if not isinstance(tokens, dict) or "keyPrefix" in tokens:
+        return filter_config
+    key = tokens.get("metadataKey", "upstream_tokens")
+    if not isinstance(key, str):
+        return filter_config
+    auth["tokens"] = {k: v for k, v in tokens.items() if k != "metadataKey"} | {"keyPrefix": key + "."}
+    return filter_config | {"authServer": auth}
+
+
+def native_filter(filter_config: dict | str) -> dict:
+    """The outgoing-auth dynamic module as an HTTP filter entry (Envoy finds
+    ``liboutgoing_auth.so`` through ``ENVOY_DYNAMIC_MODULES_SEARCH_PATH``)."""
+    config = native_tokens(filter_config)
+    value = config if isinstance(config, str) else json.dumps(config)
+    return {
+        "name": FILTER_NAME,
+        "typed_config": {
+            "@type": DYNAMIC_MODULE_FILTER,
+            "dynamic_module_config": {"name": FILTER_NAME},
+            "filter_name": FILTER_NAME,
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": value},
+        },
+    }
+
+
+def for_build(config: Any) -> Any:
+    """``config`` with every wasm entry that loads the native module (a ``.so`` named as the wasm
+    code, as examples written for the wasm get it) turned into the dynamic-module entry with the
+    same filter config, and every ``set_metadata`` Struct also written flattened (see
+    ``set_metadata_filter``). Configs for the wasm come back unchanged."""
+    if isinstance(config, list):
+        return [for_build(v) for v in config]
+    if not isinstance(config, dict):
+        return config
+    typed = config.get("typed_config")
+    if config.get("name") == "envoy.filters.http.wasm" and isinstance(typed, dict):
+        code = typed.get("config", {}).get("vm_config", {}).get("code", {}).get("local", {})
+        if str(code.get("filename", "")).endswith(".so"):
+            value = typed["config"].get("configuration", {}).get("value", "")
+            try:
+                filter_config = json.loads(value)
+            except ValueError:
+                filter_config = value
+            return native_filter(filter_config)
+    if config.get("name") == "envoy.filters.http.set_metadata" and isinstance(typed, dict):
+        entries = typed.get("metadata", [])
+        if isinstance(entries, list):
+            typed = dict(typed)
+            typed["metadata"] = [
+                dict(e, value=set_metadata_filter(e["value"])["typed_config"]["metadata"][0]["value"])
+                if isinstance(e, dict) and isinstance(e.get("value"), dict)
+                else e
+                for e in entries
+            ]
+            return dict(config, typed_config=typed)
+    return {k: for_build(v) for k, v in config.items()}
+
+
 def wasm_filter(
     filter_config: dict | str,
     wasm_path: str | Path,
     host_env_keys: Iterable[str] = (),
     read_body: bool = False,
 ) -> dict:
-    """The outgoing-auth filter as an HTTP filter entry (listener chain or cluster upstream chain).
-
-    ``filter_config`` is the filter's JSON config (a dict), or a raw string sent verbatim (used for
-    the invalid-JSON case). ``read_body`` sets ``allow_on_headers_stop_iteration``, which
-    ``missingToken.readBody`` needs.
-    """
+    """The outgoing-auth proxy-wasm filter as an HTTP filter entry (see ``auth_filter``)."""
     value = filter_config if isinstance(filter_config, str) else json.dumps(filter_config)
     vm_config: dict[str, Any] = {
         "vm_id": FILTER_NAME,
@@ -602,7 +702,18 @@ MCP_FILTER = {
 
 
 def set_metadata_filter(value: dict, namespace: str = "envoy.filters.http.ext_authz") -> dict:
-    """``envoy.filters.http.set_metadata`` writing static ``value`` (a Struct) into ``namespace``."""
+    """``envoy.filters.http.set_metadata`` writing static ``value`` (a Struct) into ``namespace``.
+
+    Each Struct entry is also written flattened beside it (``key.provider``), where the native
+    build's ``keyPrefix`` layout finds it (``native_tokens``); the wasm reads the Struct."""
+    flat = {
+        f"{key}.{inner}": v
+        for key, struct in value.items()
+        if isinstance(struct, dict)
+        for inner, v in struct.items()
+        if f"{key}.{inner}" not in value
+    }
+    value = value | flat
     return {
         "name": "envoy.filters.http.set_metadata",
         "typed_config": {
@@ -793,6 +904,8 @@ class XdsFiles:
     def push(self, envoy: "Envoy", kind: str, resource: dict, outcome: str = "success") -> str:
         """Writes an update and waits (bounded) until Envoy counted it as ``outcome``
         (``success`` or ``rejected``); returns its version."""
+        resource = for_build(resource)
+        envoy.adopt_build(resource)
         before = self.update_stats(envoy, kind)
         version = self.write(kind, resource)
         deadline = time.monotonic() + 10
@@ -865,13 +978,16 @@ class Envoy:
         env: dict[str, str] | None = None,
         concurrency: int = 2,
         log_level: str = "info",
-        component_log_level: str = "wasm:debug",
+        component_log_level: str = "wasm:debug,dynamic_modules:debug",
     ) -> None:
         self.name = name
+        config = for_build(config)
+        self.adopt_build(config)
         self.log_level = log_level
         self.component_log_level = component_log_level
         self.config = config
-        self.dir = Path(workdir) / name
+        # Each build's Envoy of a name has its own folder (both may be alive in one session).
+        self.dir = Path(workdir) / (name if self.build == "wasm" else f"{name}-native")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "envoy.json"
         self.log_path = self.dir / "envoy.log"
@@ -884,11 +1000,25 @@ class Envoy:
         self.admin_port: int | None = None
         self.listener_ports: dict[str, int] = {}
 
+    def adopt_build(self, config: dict) -> None:
+        """Which build this Envoy runs (from its config, or from the first xDS resource that holds
+        the filter) decides where its counters are and what its filter's log lines look like."""
+        native = DYNAMIC_MODULE_FILTER in json.dumps(config)
+        if not native and getattr(self, "build", None) == "native":
+            return
+        self.build = "native" if native else "wasm"
+        self.stats_prefix = NATIVE_STATS_PREFIX if native else STATS_PREFIX
+        # What starts each of the filter's own log lines, and the logger it writes to.
+        self.filter_log_mark = "[:] outgoing-auth" if native else "wasm log outgoing_auth"
+        self.filter_logger = "dynamic_modules" if native else "wasm"
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def launch(self) -> "Envoy":
         """Start the process without waiting for readiness."""
         self.config_path.write_text(json.dumps(self.config, indent=2))
+        # An earlier Envoy of this name (the other build's) left its admin address behind.
+        self.admin_address_path.unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items() if k != "INTERNAL_KEY"}
         env.update(self.extra_env)
         self._log_file = open(self.log_path, "wb")
@@ -997,8 +1127,10 @@ class Envoy:
         finally:
             conn.close()
 
-    def stats(self, prefix: str = STATS_PREFIX) -> dict[str, int]:
-        """Counters and gauges under ``prefix`` from the plain-text ``/stats`` (name: value)."""
+    def stats(self, prefix: str | None = None) -> dict[str, int]:
+        """Counters and gauges under ``prefix`` (the filter's own by default) from the plain-text
+        ``/stats`` (name: value)."""
+        prefix = self.stats_prefix if prefix is None else prefix
         status, body = self.admin_get("/stats?filter=" + urllib.parse.quote("^" + re.escape(prefix)))
         assert status == 200, body
         out: dict[str, int] = {}
@@ -1013,9 +1145,21 @@ class Envoy:
         return self.stats(name).get(name, 0)
 
     def counter(self, name: str) -> int:
-        """The value of one counter; 0 when it does not exist (yet)."""
-        full = name if name.startswith("wasmcustom.") else STATS_PREFIX + name
-        return self.stats(full).get(full, 0)
+        """The value of one of the filter's counters; 0 when it does not exist (yet). The native
+        build's counters of a cluster filter live in that cluster's scope
+        (``cluster.<name>.dynamicmodulescustom.outgoing_auth.*``): they are summed."""
+        own = name.startswith(("wasmcustom.", "dynamicmodulescustom."))
+        full = name if own else self.stats_prefix + name
+        if self.build == "wasm":
+            return self.stats(full).get(full, 0)
+        status, body = self.admin_get("/stats?filter=" + urllib.parse.quote(re.escape(full) + "$"))
+        assert status == 200, body
+        total = 0
+        for line in body.splitlines():
+            stat, sep, value = line.partition(": ")
+            if sep and (stat == full or stat.endswith("." + full)) and value.strip().isdigit():
+                total += int(value)
+        return total
 
     def rss_kib(self) -> int:
         """The Envoy process's resident memory (VmRSS), in KiB."""

@@ -51,7 +51,7 @@ REDIRECT_POLICY = {"max_internal_redirects": 1, "redirect_response_codes": [302]
 
 def config(wasm: Path, backend_port: int, sts_port: int) -> dict:
     def wasm_filter() -> dict:
-        return h.wasm_filter(FILTER_CONFIG, wasm, host_env_keys=[xs.SECRET_ENV])
+        return h.auth_filter(FILTER_CONFIG, wasm, host_env_keys=[xs.SECRET_ENV])
 
     tokens = h.set_metadata_filter({"upstream_tokens": {"github": GITHUB_TOKEN, "corp-idp": CORP_IDP_TOKEN}})
     retry_routes = [h.route(f"/r/{name}/", f"r-{name}", retry_policy=RETRY_POLICY) for name in BACKENDS]

@@ -29,7 +29,14 @@ HANDOFF_HEADER = "x-outgoing-auth-handoff"
 STS_CLIENT_ID = "router-test-gateway"
 STS_CLIENT_SECRET = "router-test-sts-secret"
 INTERNAL_API_KEY = "router-test-internal-key"
-ENV = {"INTERNAL_API_KEY": INTERNAL_API_KEY, "STS_CLIENT_SECRET": STS_CLIENT_SECRET}
+# "Another Envoy"'s hand-off key: the native build keeps one random key per process, so another
+# key is a keyEnv of its own (the wasm build gets another vm_id as well).
+ELSEWHERE_KEY_ENV = "ELSEWHERE_HANDOFF_KEY"
+ENV = {
+    "INTERNAL_API_KEY": INTERNAL_API_KEY,
+    "STS_CLIENT_SECRET": STS_CLIENT_SECRET,
+    ELSEWHERE_KEY_ENV: "another-envoys-hand-off-key-0123456789abcdef",
+}
 
 # ext_authz users: gateway token -> upstream tokens.
 USERS = {
@@ -115,7 +122,12 @@ def config(wasm: Path, ports: dict[str, int], echo_port: int, missing_token: dic
     # What reaches the accepting instances without an issuer, and another Envoy's hand-off.
     direct_routes = [h.route(f"/{name}/", f"{name}-mcp", prefix_rewrite="/", timeout="0s") for name in BACKENDS]
     elsewhere = copy.deepcopy(issuer)
-    elsewhere["typed_config"]["config"]["vm_config"]["vm_id"] = "another_envoy"
+    vm = elsewhere["typed_config"]["config"]["vm_config"]
+    vm["vm_id"] = "another_envoy"
+    vm.setdefault("environment_variables", {}).setdefault("host_env_keys", []).append(ELSEWHERE_KEY_ENV)
+    other = _filter_config(elsewhere)
+    other["handoff"]["keyEnv"] = ELSEWHERE_KEY_ENV
+    _set_filter_config(elsewhere, other)
     boot["static_resources"]["listeners"] += [
         h.http_listener("direct", direct_routes, []),
         h.http_listener(

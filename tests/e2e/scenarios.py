@@ -175,7 +175,7 @@ UPSTREAM_METADATA = {"upstream_tokens": {"github": UPSTREAM_GITHUB_TOKEN}}
 
 def gateway_config(wasm: Path, backend_port: int, ext_authz_port: int) -> dict:
     def wasm_filter(cfg: dict) -> dict:
-        return h.wasm_filter(cfg, wasm, host_env_keys=["INTERNAL_KEY"])
+        return h.auth_filter(cfg, wasm, host_env_keys=["INTERNAL_KEY"])
 
     tokens_routes = [
         # backend named by route metadata, one route per strategy / token situation
@@ -252,7 +252,7 @@ def gateway_config(wasm: Path, backend_port: int, ext_authz_port: int) -> dict:
 
 
 def upstream_config(wasm: Path, backend_port: int) -> dict:
-    up = [h.wasm_filter(UPSTREAM_FILTER_CONFIG, wasm, host_env_keys=["INTERNAL_KEY"])]
+    up = [h.auth_filter(UPSTREAM_FILTER_CONFIG, wasm, host_env_keys=["INTERNAL_KEY"])]
     listener = h.http_listener(
         "up",
         [

@@ -192,7 +192,7 @@ def security_config(
     choice_ports: dict[str, int],
 ) -> dict:
     def wasm_filter(cfg: dict) -> dict:
-        return h.wasm_filter(cfg, wasm, host_env_keys=HOST_ENV_KEYS)
+        return h.auth_filter(cfg, wasm, host_env_keys=HOST_ENV_KEYS)
 
     struct_metadata = h.set_metadata_filter({"upstream_tokens": ODD_VALUES})
     prefix_metadata = h.set_metadata_filter({f"{PREFIX}{p}": v for p, v in ODD_VALUES.items()})

@@ -205,7 +205,7 @@ def soak_config(wasm: Path, backend_port: int, sts_port: int) -> dict:
             },
         },
     }
-    wasm_filter = h.wasm_filter(config, wasm, host_env_keys=["INTERNAL_KEY", SECRET_ENV])
+    wasm_filter = h.auth_filter(config, wasm, host_env_keys=["INTERNAL_KEY", SECRET_ENV])
     routes = [
         h.route("/github/", "backend", backend="github-mcp"),
         h.route("/slack/", "backend", backend="slack-mcp"),

@@ -90,7 +90,7 @@ VALID_BIG = filter_config(upstreams(120_000), injects(1_000, lambda i: f"provide
 
 
 def envoy_config(filter_config: dict, wasm) -> dict:
-    listener = h.http_listener("main", [h.route("/", "backend")], [h.wasm_filter(filter_config, wasm)])
+    listener = h.http_listener("main", [h.route("/", "backend")], [h.auth_filter(filter_config, wasm)])
     return h.bootstrap([listener], [h.cluster("backend", 9)])
 
 
@@ -184,7 +184,7 @@ SMALL = filter_config(["github"], {"github-mcp": sc.inject("github")})
 
 
 def write_lds(folder, version: int, filter_cfg: dict, wasm) -> None:
-    listener = h.http_listener("dyn", [h.route("/", "backend")], [h.wasm_filter(filter_cfg, wasm)])
+    listener = h.http_listener("dyn", [h.route("/", "backend")], [h.auth_filter(filter_cfg, wasm)])
     tmp = folder / ".lds.json.tmp"
     tmp.write_text(json.dumps({"version_info": f"v{version}", "resources": [{"@type": LISTENER_TYPE, **listener}]}))
     os.replace(tmp, folder / "lds.json")

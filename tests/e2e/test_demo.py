@@ -108,8 +108,8 @@ class DemoProcess:
 
 
 @pytest.fixture(scope="module")
-def demo(envoy_bin, wasm_path, tmp_path_factory) -> Iterator[DemoProcess]:
-    d = DemoProcess(envoy_bin, wasm_path, tmp_path_factory.mktemp("demo"))
+def demo(envoy_bin, wasm_only_path, tmp_path_factory) -> Iterator[DemoProcess]:
+    d = DemoProcess(envoy_bin, wasm_only_path, tmp_path_factory.mktemp("demo"))
     try:
         d.wait_for(r"^\[demo\] ready$", START_TIMEOUT_S)
         yield d

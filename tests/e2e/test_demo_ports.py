@@ -24,7 +24,7 @@ def run_demo(envoy_bin: Path, wasm: Path, run_dir: Path, ports: dict[str, int]) 
     return subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=30)
 
 
-def test_a_taken_port_stops_the_demo_before_anything_starts(envoy_bin, wasm_path, tmp_path):
+def test_a_taken_port_stops_the_demo_before_anything_starts(envoy_bin, wasm_only_path, tmp_path):
     ports = dict(zip(demo_py.PORTS, h.free_ports(len(demo_py.PORTS))))
     with socket.socket() as squatter:
         squatter.bind((h.LOOPBACK, 0))
@@ -32,7 +32,7 @@ def test_a_taken_port_stops_the_demo_before_anything_starts(envoy_bin, wasm_path
         taken = squatter.getsockname()[1]
         ports["gateway"] = taken  # Envoy's listener: the last component the demo would start
 
-        result = run_demo(envoy_bin, wasm_path, tmp_path, ports)
+        result = run_demo(envoy_bin, wasm_only_path, tmp_path, ports)
 
     out = result.stdout + result.stderr
     assert result.returncode != 0, out
@@ -49,7 +49,7 @@ def test_a_taken_port_stops_the_demo_before_anything_starts(envoy_bin, wasm_path
     assert int(m.group(1)) not in ports.values() and demo_py.port_free(int(m.group(1)))
 
 
-def test_every_taken_port_is_named_with_a_move_for_each(envoy_bin, wasm_path, tmp_path):
+def test_every_taken_port_is_named_with_a_move_for_each(envoy_bin, wasm_only_path, tmp_path):
     ports = dict(zip(demo_py.PORTS, h.free_ports(len(demo_py.PORTS))))
     squatters = []
     try:
@@ -60,7 +60,7 @@ def test_every_taken_port_is_named_with_a_move_for_each(envoy_bin, wasm_path, tm
             squatters.append(s)
             ports[name] = s.getsockname()[1]
 
-        result = run_demo(envoy_bin, wasm_path, tmp_path, ports)
+        result = run_demo(envoy_bin, wasm_only_path, tmp_path, ports)
     finally:
         for s in squatters:
             s.close()

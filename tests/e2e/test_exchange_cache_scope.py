@@ -48,7 +48,7 @@ def basic_secret(call: h.StsCall) -> str:
 def direct_listener(name: str, config: dict, wasm: Path) -> dict:
     """The filter in front of a direct_response route (no backend to record large headers)."""
     route = {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
-    return h.http_listener(name, [route], [h.wasm_filter(config, wasm)])
+    return h.http_listener(name, [route], [h.auth_filter(config, wasm)])
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def two_sts() -> Iterator[tuple[h.ScriptedSts, h.ScriptedSts]]:
 @pytest.fixture(scope="module")
 def shared(envoy_bin, wasm_path, workdir, backend, two_sts) -> Iterator[h.Envoy]:
     sts_a, sts_b = two_sts
-    wasm = lambda config: h.wasm_filter(config, wasm_path)  # noqa: E731 - both share vm_id
+    wasm = lambda config: h.auth_filter(config, wasm_path)  # noqa: E731 - both share vm_id
     listeners = [
         h.http_listener("share-a", [h.route("/", "backend")], [wasm(filter_config("sts-a", SECRET_A))]),
         h.http_listener("share-b", [h.route("/", "backend")], [wasm(filter_config("sts-b", SECRET_B))]),

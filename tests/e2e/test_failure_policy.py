@@ -42,7 +42,7 @@ TRAP_LOG = "Function: proxy_on_request_headers failed: Uncaught RuntimeError: un
 
 
 @pytest.fixture(scope="module")
-def modules(workdir: Path, wasm_path: Path) -> dict[str, Path]:
+def modules(workdir: Path, wasm_only_path: Path) -> dict[str, Path]:
     """The stand-in modules, and broken files, next to the real filter."""
     out = workdir / "failure-policy-modules"
     out.mkdir(exist_ok=True)
@@ -51,19 +51,19 @@ def modules(workdir: Path, wasm_path: Path) -> dict[str, Path]:
         "trap-request": wm.proxy_module("proxy_on_request_headers"),
         "trap-configure": wm.proxy_module("proxy_on_configure"),
         "garbage": b"this is not a WebAssembly module\n",
-        "truncated": wasm_path.read_bytes()[:4096],
+        "truncated": wasm_only_path.read_bytes()[:4096],
     }
     paths = {name: out / f"{name}.wasm" for name in files}
     for name, data in files.items():
         paths[name].write_bytes(data)
     paths["missing"] = out / "does-not-exist.wasm"
-    paths["real"] = wasm_path
+    paths["real"] = wasm_only_path
     return paths
 
 
 def module_filter(path: Path, policy: str, vm_id: str, config: dict | str = "{}") -> dict:
     """A wasm filter entry running ``path`` in its own VM with the given failure policy."""
-    entry = h.wasm_filter(config, path, host_env_keys=["INTERNAL_KEY"])
+    entry = h.auth_filter(config, path, host_env_keys=["INTERNAL_KEY"])
     cfg = entry["typed_config"]["config"]
     cfg["failure_policy"] = policy
     cfg["vm_config"]["vm_id"] = vm_id
@@ -287,8 +287,8 @@ class Reloader:
 
 
 @pytest.fixture(scope="module")
-def reloader(envoy_bin, workdir, backend, wasm_path) -> Iterator[Reloader]:
-    r = Reloader(envoy_bin, workdir, backend, wasm_path)
+def reloader(envoy_bin, workdir, backend, wasm_only_path) -> Iterator[Reloader]:
+    r = Reloader(envoy_bin, workdir, backend, wasm_only_path)
     with r.envoy:
         yield r
 

@@ -135,7 +135,7 @@ VALID = {"authServer": AUTH, "outgoingAuth": outgoing({"github-mcp": sc.inject("
 
 
 def envoy_config(filter_config: dict | str, placement: str, wasm: Path) -> dict:
-    wasm_filter = h.wasm_filter(filter_config, wasm, host_env_keys=["INTERNAL_KEY"])
+    wasm_filter = h.auth_filter(filter_config, wasm, host_env_keys=["INTERNAL_KEY"])
     if placement == "listener":
         listener = h.http_listener("main", [h.route("/", "backend")], [wasm_filter])
         clusters = [h.cluster("backend", 9)]

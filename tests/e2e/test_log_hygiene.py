@@ -44,6 +44,6 @@ def test_no_token_or_secret_appears_in_envoy_logs(gateway, upstream, unique):
     for envoy in (gateway, upstream):
         log = envoy.log_text()
         # the filter did log (its startup line at least): we are reading the right file
-        assert "wasm log outgoing_auth" in log, envoy.log_tail()
+        assert envoy.filter_log_mark in log, envoy.log_tail()
         leaked = {s: [line for line in log.splitlines() if s in line][:3] for s in SECRETS if s in log}
         assert not leaked, f"secrets in the {envoy.name} Envoy log: {leaked}"

@@ -34,7 +34,7 @@ def router(envoy_bin: Path, wasm_path: Path, workdir: Path, servers, router_auth
     ports = {name: s.port for name, s in servers.items()}
     ports.update(authz=router_authz.port, sts=sts.port)
     config = rs.config(wasm_path, ports, backend.port)
-    with h.Envoy("mcp-router", config, workdir, envoy_bin, env=rs.ENV, component_log_level="wasm:trace") as envoy:
+    with h.Envoy("mcp-router", config, workdir, envoy_bin, env=rs.ENV, component_log_level="wasm:trace,dynamic_modules:trace") as envoy:
         yield envoy
 
 
@@ -142,7 +142,7 @@ def test_the_filters_log_lines_carry_no_token_and_no_hand_off(router, servers, s
     mcp_post(router, "github", [(rs.HANDOFF_HEADER, sealed_elsewhere(router, backend, unique))])
     secrets = [ALICE, BOB, rs.INTERNAL_API_KEY, rs.STS_CLIENT_SECRET, rs.ELSEWHERE_GITHUB_TOKEN, *sts.all_tokens()]
     secrets += [t for user in rs.USERS.values() for t in user.values()]
-    wasm_lines = "\n".join(line for line in router.log_text().splitlines() if "wasm log" in line)
+    wasm_lines = "\n".join(line for line in router.log_text().splitlines() if router.filter_log_mark in line)
     sc.assert_no_secrets(wasm_lines, secrets, "the filter's log lines")
     assert "v1." not in wasm_lines.replace("v1.40", ""), "a hand-off value in the log"
 

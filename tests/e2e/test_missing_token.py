@@ -70,7 +70,7 @@ def missing(envoy_bin: Path, wasm_path: Path, workdir: Path, backend) -> Iterato
     no_github = h.set_metadata_filter({"upstream_tokens": {"slack": "xoxb-not-github"}})
 
     def listener(name: str, block: dict, read_body: bool, mcp_filter: bool) -> dict:
-        chain = [no_github, *([h.MCP_FILTER] if mcp_filter else []), h.wasm_filter(filter_config(block), wasm_path, read_body=read_body)]
+        chain = [no_github, *([h.MCP_FILTER] if mcp_filter else []), h.auth_filter(filter_config(block), wasm_path, read_body=read_body)]
         routes = [h.route("/public/", "backend", backend="public"), h.route("/", "backend")]
         return h.http_listener(name, routes, chain)
 

@@ -11,8 +11,8 @@ sys.path.insert(0, str(REPO / "tests"))
 import readme_figures as rf  # noqa: E402
 
 
-def test_the_readme_states_the_module_size_of_the_build(wasm_path):
-    problems = rf.check(rf.README.read_text(), wasm_path.stat().st_size)
+def test_the_readme_states_the_module_size_of_the_build(wasm_only_path):
+    problems = rf.check(rf.README.read_text(), wasm_only_path.stat().st_size)
     assert problems == [], "\n".join(problems) + "\nrun `make readme-figures`"
 
 

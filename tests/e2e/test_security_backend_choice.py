@@ -243,11 +243,16 @@ def test_route_matching_on_a_header_the_filter_sets_moves_the_request_after_inje
     request headers, Envoy selects the route again. A route matching on ``x-api-key`` (the header
     header_injection sets for ``internal``) then takes the request, with the internal key, to the
     ``public`` backend. The filter cannot prevent this; the routes must not match on headers it
-    sets. (A cluster filter runs after routing and is not affected.)"""
+    sets. (A cluster filter runs after routing and is not affected.)
+
+    The native build's header changes do not clear Envoy's route cache (the dynamic-module ABI
+    leaves that to the module, and this one never asks): the request keeps the route chosen
+    before the filter, and its key goes to ``internal`` only."""
     trick_id = f"reroute-{next(_ids)}-{os.urandom(4).hex()}"
     resp = h.request(security.port("reroute"), "/reroute/x", [(TRICK_HEADER, trick_id)])
 
     assert resp.status == 200, resp.describe()
     got = receivers(choice_backends, trick_id)
-    assert list(got) == ["public"], got
-    assert got["public"][0].values("x-api-key") == [sc.INTERNAL_KEY]
+    backend = "internal" if security.build == "native" else "public"
+    assert list(got) == [backend], got
+    assert got[backend][0].values("x-api-key") == [sc.INTERNAL_KEY]

@@ -118,7 +118,8 @@ def all_backend_headers(backends: list[h.EchoBackend]) -> str:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_gateway_token_never_reaches_a_backend(request, backend, choice_backends, sts, unique, name):
+def test_gateway_token_never_reaches_a_backend(request, wasm_path, backend, choice_backends, sts, unique, name):
+    # wasm_path: run once per build (the Envoy fixture is looked up by name below).
     case = CASES[name]
     envoy: h.Envoy = request.getfixturevalue(case.envoy)
     token = f"gw-matrix-{os.urandom(8).hex()}"

@@ -158,8 +158,8 @@ def leaks(envoy_bin, wasm_path, workdir, backend, ext_authz_service, sts) -> Ite
     config = leak_config(wasm_path, backend.port, ext_authz_service.port, sts.port, closed_port)
     env = {**sc.ENV, **xs.ENV}
     envoys = [
-        h.Envoy("leaks-wasm-trace", config, workdir, envoy_bin, env=env, component_log_level="wasm:trace"),
-        h.Envoy("leaks-trace", config, workdir, envoy_bin, env=env, log_level="trace", component_log_level="wasm:trace"),
+        h.Envoy("leaks-wasm-trace", config, workdir, envoy_bin, env=env, component_log_level="wasm:trace,dynamic_modules:trace"),
+        h.Envoy("leaks-trace", config, workdir, envoy_bin, env=env, log_level="trace", component_log_level="wasm:trace,dynamic_modules:trace"),
     ]
     try:
         for envoy in envoys:
@@ -210,7 +210,7 @@ def lines_with(log: str, secrets: list[str]) -> list[tuple[str, str, str]]:
 def test_with_wasm_trace_logging_no_value_appears_in_the_log(leaks):
     envoy = leaks.wasm_trace.envoy
     log = envoy.log_text()
-    assert "[trace][wasm]" in log and "wasm log outgoing_auth" in log, envoy.log_tail()
+    assert f"][{envoy.filter_logger}]" in log and envoy.filter_log_mark in log, envoy.log_tail()
     found = lines_with(log, leaks.secrets)
     assert not found, f"values in the {envoy.name} log: {found[:10]}"
 
@@ -218,11 +218,11 @@ def test_with_wasm_trace_logging_no_value_appears_in_the_log(leaks):
 def test_with_trace_logging_only_envoys_own_header_dumps_show_values(leaks):
     envoy = leaks.trace.envoy
     log = envoy.log_text()
-    assert "[trace][wasm]" in log and "[trace][http]" in log, envoy.log_tail()
+    assert f"][{envoy.filter_logger}]" in log and "[trace][http]" in log, envoy.log_tail()
     found = lines_with(log, leaks.secrets)
     assert found, "Envoy at trace level prints header maps; finding none means the check is broken"
-    in_wasm = [f for f in found if f[0] == "wasm" or "wasm log" in f[2]]
-    assert not in_wasm, f"values in wasm lines: {in_wasm[:10]}"
+    in_filter = [f for f in found if f[0] == envoy.filter_logger or envoy.filter_log_mark in f[2]]
+    assert not in_filter, f"values in the filter's lines: {in_filter[:10]}"
     # the components that do print them: Envoy's HTTP machinery dumping header maps (the
     # client's, and the upstream request's with the injected credential), and the config loader
     # dumping the config, which holds the operator's inline values only

@@ -22,7 +22,7 @@ def expected(*moved: str) -> dict[str, int]:
 
 def test_all_counters_are_published_in_admin_stats(gateway):
     stats = gateway.stats()
-    missing = [n for n in sc.COUNTERS if h.STATS_PREFIX + n not in stats]
+    missing = [n for n in sc.COUNTERS if gateway.stats_prefix + n not in stats]
     assert not missing, f"counters not in /stats: {missing}; have {sorted(stats)}"
 
 

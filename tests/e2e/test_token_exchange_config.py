@@ -29,7 +29,7 @@ def config(strategy: dict, auth_server: dict | None = AUTH, as_default: bool = F
 
 
 def envoy_config(filter_config: dict, wasm: Path) -> dict:
-    wasm_filter = h.wasm_filter(filter_config, wasm, host_env_keys=[xs.SECRET_ENV])
+    wasm_filter = h.auth_filter(filter_config, wasm, host_env_keys=[xs.SECRET_ENV])
     listener = h.http_listener("main", [h.route("/", "backend")], [wasm_filter])
     return h.bootstrap([listener], [h.cluster("backend", 9), h.cluster("sts", 9)])
 

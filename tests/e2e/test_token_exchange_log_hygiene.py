@@ -100,7 +100,7 @@ def test_no_subject_issued_token_or_client_secret_appears_in_envoy_logs(
     for envoy in (exchange, exchange_single, authgent.envoy):
         log = envoy.log_text()
         # the filter logged its exchanges' failures: this is the right file, at the right level
-        assert "wasm log outgoing_auth" in log and "token exchange" in log, envoy.log_tail()
+        assert envoy.filter_log_mark in log and "token exchange" in log, envoy.log_tail()
         leaked = {s: [line for line in log.splitlines() if s in line][:3] for s in secrets if s in log}
         assert not leaked, f"secrets in the {envoy.name} Envoy log: {leaked}"
     sc.assert_no_secrets(

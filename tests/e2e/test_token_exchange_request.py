@@ -31,7 +31,7 @@ def expected_basic(client_id: str, secret: str) -> str:
 
 def test_all_token_exchange_counters_are_published_in_admin_stats(exchange):
     stats = exchange.stats()
-    missing = [n for n in xs.COUNTERS if h.STATS_PREFIX + n not in stats]
+    missing = [n for n in xs.COUNTERS if exchange.stats_prefix + n not in stats]
     assert not missing, f"counters not in /stats: {missing}; have {sorted(stats)}"
 
 

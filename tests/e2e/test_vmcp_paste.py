@@ -66,7 +66,7 @@ METADATA = {
 
 @pytest.fixture(scope="module")
 def pasted(envoy_bin, wasm_path, workdir, backend, sts):
-    wasm_filter = h.wasm_filter(FILTER_CONFIG, wasm_path, host_env_keys=["INTERNAL_KEY"])
+    wasm_filter = h.auth_filter(FILTER_CONFIG, wasm_path, host_env_keys=["INTERNAL_KEY"])
     listener = h.http_listener(
         "main",
         [h.route(prefix, "backend", backend=name) for prefix, name in ROUTES.items()],
@@ -89,14 +89,15 @@ def test_the_pasted_block_loads_and_names_the_cluster_envoy_must_define(pasted):
 
 def test_the_exchange_calls_the_cluster_named_after_the_token_url_host(pasted, sts, backend, unique):
     path = unique("/corp/")
+    earlier = len(sts.calls_for(CORPORATE_IDP_TOKEN))  # the other build's run of this test
     resp = h.request(pasted.port("main"), path, [("authorization", sc.GATEWAY_TOKEN)])
     seen = sc.only_request(backend, path, resp)
-    calls = sts.calls_for(CORPORATE_IDP_TOKEN)
+    calls = sts.calls_for(CORPORATE_IDP_TOKEN)[earlier:]
     assert len(calls) == 1, calls
     assert calls[0].path == "/oauth2/token"
     assert calls[0].values("host") == [f"{STS_HOST}:8443"]
     assert calls[0].form["audience"] == ["https://corporate-api.example.com"]
-    issued = sts.issued_for(CORPORATE_IDP_TOKEN)
+    issued = sts.issued_for(CORPORATE_IDP_TOKEN)[earlier:]
     assert seen.values("authorization") == [f"Bearer {issued[0]}"]
 
 
