@@ -434,7 +434,6 @@ impl Filter {
             self.config.engine.forward(&host, &edit)?;
             return Ok(true);
         }
-        self.config.count(stream, Counter::ExchangeCacheMiss);
         let call = Arc::new(StsCall {
             cluster: step.exchange.exchange.cluster.clone(),
             request: exchange::build_request(&step.exchange.exchange, &step.subject),
@@ -442,6 +441,14 @@ impl Filter {
         });
         {
             let mut exchanges = lock(&self.config.exchanges);
+            // A call for this key may have ended since the lookup above: its token is cached.
+            if let Some(token) = self.config.cached(&key) {
+                drop(exchanges);
+                let edit = Edit::bearer(&token, Counter::ExchangeCacheHit);
+                self.config.engine.forward(&host, &edit)?;
+                return Ok(true);
+            }
+            self.config.count(stream, Counter::ExchangeCacheMiss);
             if exchanges.flights.join(&key, self.id) {
                 let waiter = self.waiter(stream)?;
                 exchanges.waiters.insert(self.id, waiter);

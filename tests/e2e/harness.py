@@ -611,10 +611,11 @@ def native_tokens(filter_config: dict | str) -> dict | str:
     return filter_config | {"authServer": auth}
 
 
-def native_filter(filter_config: dict | str) -> dict:
+def native_filter(filter_config: dict | str, keep_layout: bool = False) -> dict:
     """The outgoing-auth dynamic module as an HTTP filter entry (Envoy finds
-    ``liboutgoing_auth.so`` through ``ENVOY_DYNAMIC_MODULES_SEARCH_PATH``)."""
-    config = native_tokens(filter_config)
+    ``liboutgoing_auth.so`` through ``ENVOY_DYNAMIC_MODULES_SEARCH_PATH``). ``keep_layout``: send
+    a Struct token layout as it is (rule S-19 refuses it)."""
+    config = filter_config if keep_layout else native_tokens(filter_config)
     value = config if isinstance(config, str) else json.dumps(config)
     return {
         "name": FILTER_NAME,
