@@ -1081,3 +1081,87 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_wr
     _filter: *const c_void,
 ) {
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(key: &'static str, value: &'static str) -> EnvoyHeader {
+        EnvoyHeader {
+            key_ptr: key.as_ptr().cast(),
+            key_length: key.len(),
+            value_ptr: value.as_ptr().cast(),
+            value_length: value.len(),
+        }
+    }
+
+    fn chunk(bytes: &'static [u8]) -> EnvoyBuffer {
+        EnvoyBuffer {
+            ptr: bytes.as_ptr().cast(),
+            length: bytes.len(),
+        }
+    }
+
+    #[test]
+    fn a_callout_answer_yields_its_status_and_the_chunks_in_order() {
+        let mut headers = [
+            header("content-type", "application/json"),
+            header(":status", "200"),
+        ];
+        let mut body = [chunk(b"{\"access_"), chunk(b""), chunk(b"token\":1}")];
+        // SAFETY: arrays of the stated lengths, alive for the call.
+        let (status, bytes) = unsafe {
+            read_answer(
+                headers.as_mut_ptr(),
+                headers.len(),
+                body.as_mut_ptr(),
+                body.len(),
+            )
+        };
+        assert_eq!(status, Some(200));
+        assert_eq!(bytes, b"{\"access_token\":1}");
+    }
+
+    #[test]
+    fn an_answer_without_headers_or_body_has_no_status_and_no_bytes() {
+        // SAFETY: null arrays are allowed and read as empty.
+        let (status, bytes) =
+            unsafe { read_answer(core::ptr::null_mut(), 3, core::ptr::null_mut(), 2) };
+        assert_eq!(status, None);
+        assert!(bytes.is_empty());
+        let mut headers = [header(":status", "2OO"), header(":status", "99999")];
+        // SAFETY: as above.
+        let (status, _) = unsafe {
+            read_answer(
+                headers.as_mut_ptr(),
+                headers.len(),
+                core::ptr::null_mut(),
+                0,
+            )
+        };
+        assert_eq!(status, None, "a status that is no u16 number is none");
+    }
+
+    #[test]
+    fn an_oversized_answer_is_cut_short_of_being_copied_whole() {
+        static BIG: [u8; 40_000] = [b'x'; 40_000];
+        let mut body = [chunk(&BIG), chunk(&BIG), chunk(&BIG), chunk(&BIG)];
+        // SAFETY: arrays of the stated lengths, alive for the call.
+        let (_, bytes) =
+            unsafe { read_answer(core::ptr::null_mut(), 0, body.as_mut_ptr(), body.len()) };
+        assert!(
+            bytes.len() > super::filter::MAX_CALLOUT_BODY,
+            "still refused as too large"
+        );
+        assert!(bytes.len() < 4 * BIG.len(), "the rest is never copied");
+    }
+
+    #[test]
+    fn buffers_lend_their_bytes_and_null_means_remove() {
+        let b = ModuleBuffer::of(b"x-api-key");
+        assert_eq!(b.length, 9);
+        assert!(ModuleBuffer::null().ptr.is_null());
+        // SAFETY: a null buffer reads as empty.
+        assert!(unsafe { EnvoyBuffer::empty().to_vec() }.is_empty());
+    }
+}

@@ -855,3 +855,62 @@ impl flow::Host for NativeHost<'_> {
         self.config.count(self.stream, counter);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(json: &str) -> crate::core::config::Config {
+        validate::load(json.as_bytes(), &|_| None).unwrap().config
+    }
+
+    #[test]
+    fn a_struct_token_layout_is_refused_with_s19_and_key_prefix_is_not() {
+        let default = load(r#"{"authServer": {"upstreams": ["github"]}, "outgoingAuth": {}}"#);
+        let report = nested_metadata_problem(&default).expect("refused");
+        let lines: Vec<String> = report.lines().map(|l| l.text).collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with("[S-19] authServer.tokens:"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].contains("keyPrefix"), "{}", lines[0]);
+
+        let prefix = load(
+            r#"{"authServer": {"upstreams": ["github"], "tokens": {"keyPrefix": "t."}},
+                "outgoingAuth": {}}"#,
+        );
+        assert!(nested_metadata_problem(&prefix).is_none());
+        let no_tokens = load(r#"{"outgoingAuth": {}}"#);
+        assert!(
+            nested_metadata_problem(&no_tokens).is_none(),
+            "nothing read, nothing refused"
+        );
+    }
+
+    #[test]
+    fn the_key_prefix_layout_names_one_top_level_key_per_provider() {
+        let tokens = TokenSource {
+            layout: TokenLayout::KeyPrefix {
+                prefix: "x-upstream-token-".to_owned(),
+            },
+            ..TokenSource::default()
+        };
+        assert_eq!(
+            NativeHost::token_key(&tokens, "github").as_deref(),
+            Some("x-upstream-token-github")
+        );
+        assert_eq!(
+            NativeHost::token_key(&TokenSource::default(), "github"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_shared_hand_off_key_is_made_once_per_process() {
+        let first = shared_key().unwrap();
+        assert_eq!(shared_key().unwrap(), first);
+        assert_eq!(HANDOFF_KEY.get().cloned().flatten(), Some(first));
+    }
+}
