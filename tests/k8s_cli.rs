@@ -2867,15 +2867,16 @@ fn native_entry_config(entry: &Value) -> String {
 
 #[test]
 fn envoy_native_output_is_a_dynamic_module_entry() {
-    let filter = examples(&[]).json();
-    let out = examples(&["-o", "envoy", "--native"]);
+    const PREFIX: [&str; 2] = ["--key-prefix", "x-upstream-token-"];
+    let filter = examples(&PREFIX).json();
+    let out = examples(&["-o", "envoy", "--native", PREFIX[0], PREFIX[1]]);
     let v = out.yaml();
     assert_eq!(v.as_array().unwrap().len(), 1);
     let value = native_entry_config(&v[0]);
     // The same filter JSON as -o filter and the wasm entry, and the filter's own validation
     // takes it.
     assert_eq!(serde_json::from_str::<Value>(&value).unwrap(), filter);
-    let wasm = examples(&["-o", "envoy"]).yaml();
+    let wasm = examples(&["-o", "envoy", PREFIX[0], PREFIX[1]]).yaml();
     assert_eq!(value, entry_config(&wasm[0]));
     loads(&value, &SECRET_ENVS);
     // No vm_config, so no host_env_keys: a native module reads Envoy's own environment.
@@ -2939,6 +2940,8 @@ fn envoy_native_mcp_router_output_is_both_entries_in_native_form() {
         "-o",
         "envoy",
         "--mcp-router",
+        "--key-prefix",
+        "x-upstream-token-",
     ]);
     let (stdout, stderr) = binary_ok(&[
         "convert",
@@ -2948,6 +2951,8 @@ fn envoy_native_mcp_router_output_is_both_entries_in_native_form() {
         "envoy",
         "--mcp-router",
         "--native",
+        "--key-prefix",
+        "x-upstream-token-",
     ]);
     assert!(!stderr.contains("error"), "{stderr}");
     let (issuing, accepting) = mcp_router_entries(&stdout);
@@ -3018,11 +3023,13 @@ fn gateway_native_docs(stdout: &str) -> (Value, Value) {
 
 #[test]
 fn envoy_gateway_native_output_is_an_envoy_proxy_and_an_extension_policy() {
-    let filter = examples(&[]).json();
+    let filter = examples(&["--key-prefix", "x-upstream-token-"]).json();
     let out = examples(&[
         "-o",
         "envoy-gateway",
         "--native",
+        "--key-prefix",
+        "x-upstream-token-",
         "--module",
         "/usr/lib/envoy/modules/liboutgoing_auth.so",
         "--target-ref",
@@ -3096,6 +3103,8 @@ fn envoy_gateway_native_output_is_an_envoy_proxy_and_an_extension_policy() {
         "-o",
         "envoy-gateway",
         "--native",
+        "--key-prefix",
+        "x-upstream-token-",
         "--module",
         "file:///opt/modules/liboutgoing_auth.so",
         "--target-ref",
@@ -3118,6 +3127,8 @@ fn envoy_gateway_native_remote_module_has_its_sha256() {
         "-o",
         "envoy-gateway",
         "--native",
+        "--key-prefix",
+        "x-upstream-token-",
         "--module",
         "https://modules.example.com/liboutgoing_auth.so",
         "--sha256",
@@ -3145,34 +3156,34 @@ fn native_combinations_are_refused() {
     let sha = "ab".repeat(32);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec!["--native"],
+            vec!["--native", "--key-prefix", "x-upstream-token-"],
             "error: --native is for --output envoy or envoy-gateway: the filter's JSON config (-o filter) is the same for the wasm and the native module",
         ),
         (
-            vec!["-o", "filter", "--native"],
+            vec!["-o", "filter", "--native", "--key-prefix", "x-upstream-token-"],
             "error: --native is for --output envoy or envoy-gateway",
         ),
         (
-            vec!["-o", "istio", "--native", "--wasm", "oci://r/i:t"],
+            vec!["-o", "istio", "--native", "--key-prefix", "x-upstream-token-", "--wasm", "oci://r/i:t"],
             "error: --native is not for --output istio: Istio's WasmPlugin loads proxy-wasm modules only; use the wasm module there (-o istio --wasm LOCATION)",
         ),
         (
-            vec!["-o", "istio", "--native"],
+            vec!["-o", "istio", "--native", "--key-prefix", "x-upstream-token-"],
             "error: --native is not for --output istio",
         ),
         (
-            vec!["-o", "envoy", "--native", "--wasm", "/opt/outgoing_auth.wasm"],
+            vec!["-o", "envoy", "--native", "--key-prefix", "x-upstream-token-", "--wasm", "/opt/outgoing_auth.wasm"],
             "error: --wasm and --native exclude each other: --wasm says where the proxy-wasm module is, --native loads the dynamic module liboutgoing_auth.so instead (drop one)",
         ),
         (
             vec![
-                "-o", "envoy-gateway", "--native", "--wasm", "oci://r/i:t", "--module", "/m.so",
+                "-o", "envoy-gateway", "--native", "--key-prefix", "x-upstream-token-", "--wasm", "oci://r/i:t", "--module", "/m.so",
                 "--target-ref", "Gateway/g",
             ],
             "error: --wasm and --native exclude each other",
         ),
         (
-            vec!["-o", "envoy", "--native", "--module", "/m.so"],
+            vec!["-o", "envoy", "--native", "--key-prefix", "x-upstream-token-", "--module", "/m.so"],
             "error: --module is for --output envoy-gateway --native (the liboutgoing_auth.so the EnvoyProxy registers); -o envoy --native names the module, and Envoy finds liboutgoing_auth.so in the directory ENVOY_DYNAMIC_MODULES_SEARCH_PATH names",
         ),
         (
@@ -3183,58 +3194,58 @@ fn native_combinations_are_refused() {
             "error: --module is for --output envoy-gateway --native",
         ),
         (
-            vec!["-o", "envoy-gateway", "--native", "--target-ref", "Gateway/g"],
+            vec!["-o", "envoy-gateway", "--native", "--key-prefix", "x-upstream-token-", "--target-ref", "Gateway/g"],
             "error: --output envoy-gateway --native needs --module (--module, envoy-gateway --native: an absolute path or file:///PATH in the proxy container, or https:// with --sha256; never http://)",
         ),
         (
-            vec!["-o", "envoy-gateway", "--native", "--module", "/m.so"],
+            vec!["-o", "envoy-gateway", "--native", "--key-prefix", "x-upstream-token-", "--module", "/m.so"],
             "error: --output envoy-gateway needs --target-ref KIND/NAME",
         ),
         (
             vec![
-                "-o", "envoy-gateway", "--native", "--module", "modules/m.so",
+                "-o", "envoy-gateway", "--native", "--key-prefix", "x-upstream-token-", "--module", "modules/m.so",
                 "--target-ref", "Gateway/g",
             ],
             "error: --module \"modules/m.so\": the EnvoyProxy's local source needs an absolute path",
         ),
         (
             vec![
-                "-o", "envoy-gateway", "--native", "--module", "file://m.so",
+                "-o", "envoy-gateway", "--native", "--key-prefix", "x-upstream-token-", "--module", "file://m.so",
                 "--target-ref", "Gateway/g",
             ],
             "error: --module \"file://m.so\": the EnvoyProxy's local source needs an absolute path",
         ),
         (
             vec![
-                "-o", "envoy-gateway", "--native", "--module", "http://x/m.so",
+                "-o", "envoy-gateway", "--native", "--key-prefix", "x-upstream-token-", "--module", "http://x/m.so",
                 "--target-ref", "Gateway/g",
             ],
             "error: --module \"http://x/m.so\": plain http:// is refused",
         ),
         (
             vec![
-                "-o", "envoy-gateway", "--native", "--module", "oci://r/m:1",
+                "-o", "envoy-gateway", "--native", "--key-prefix", "x-upstream-token-", "--module", "oci://r/m:1",
                 "--target-ref", "Gateway/g",
             ],
             "error: --module \"oci://r/m:1\": Envoy Gateway loads a dynamic module from a path or an https:// URL, not oci://",
         ),
         (
             vec![
-                "-o", "envoy-gateway", "--native", "--module", "https://x/m.so",
+                "-o", "envoy-gateway", "--native", "--key-prefix", "x-upstream-token-", "--module", "https://x/m.so",
                 "--target-ref", "Gateway/g",
             ],
             "error: --module \"https://x/m.so\": a remote module needs --sha256",
         ),
         (
             vec![
-                "-o", "envoy-gateway", "--native", "--module", "/m.so", "--sha256", &sha,
+                "-o", "envoy-gateway", "--native", "--key-prefix", "x-upstream-token-", "--module", "/m.so", "--sha256", &sha,
                 "--target-ref", "Gateway/g",
             ],
             "error: --sha256 is for an https:// --module: the EnvoyProxy's local source (\"/m.so\") has no digest",
         ),
         (
             vec![
-                "-o", "envoy-gateway", "--native", "--mcp-router", "--module", "/m.so",
+                "-o", "envoy-gateway", "--native", "--key-prefix", "x-upstream-token-", "--mcp-router", "--module", "/m.so",
                 "--target-ref", "Gateway/g",
             ],
             "error: --mcp-router is for --output envoy",
@@ -3265,8 +3276,39 @@ fn native_combinations_are_refused() {
         "\n      --native                 envoy, envoy-gateway: load the Envoy dynamic module\n",
         "\n      --module <LOCATION>      envoy-gateway --native: the liboutgoing_auth.so the EnvoyProxy\n",
         "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
-        "  outgoing-auth convert -f k8s/examples/ -o envoy --native\n",
+        "  outgoing-auth convert -f k8s/examples/ -o envoy --native --key-prefix x-upstream-token-\n",
     ] {
         assert!(help.contains(text), "help lacks {text:?}");
     }
+}
+
+#[test]
+fn native_output_of_a_struct_token_layout_is_refused_with_s19() {
+    // The examples read upstream tokens (upstreamInject, subjectProviderName) from the default
+    // Struct layout, which the dynamic module cannot read into.
+    let args = [
+        "convert",
+        "-f",
+        &repo("k8s/examples"),
+        "-o",
+        "envoy",
+        "--native",
+    ]
+    .map(String::from);
+    let out = cli(&args.iter().map(String::as_str).collect::<Vec<_>>(), "").failed();
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("[S-19]"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    assert!(
+        lines[0].starts_with(
+            "error: --metadata-namespace/--metadata-key/--key-prefix: [S-19] authServer.tokens:"
+        ),
+        "{}",
+        lines[0]
+    );
+    // The wasm entry of the same resources is fine.
+    examples(&["-o", "envoy"]);
 }

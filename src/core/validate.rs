@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use crate::core::config::{decode, Config, Decoded, Strategy};
+use crate::core::config::{decode, Config, Decoded, Strategy, TokenLayout};
 use crate::core::report::{
     backend_path, bounded_list, quote, Problems, Report, Rule, DEFAULT_PATH,
 };
@@ -169,5 +169,37 @@ fn provider_reference(strategy: &Strategy) -> Option<(&'static str, &str)> {
             .as_deref()
             .map(|p| ("tokenExchange.subjectProviderName", p)),
         Strategy::Unauthenticated | Strategy::HeaderInjection(_) => None,
+    }
+}
+
+/// Rule S-19, for configurations the native build (the Envoy dynamic module) runs: its ABI reads
+/// dynamic metadata by namespace and top-level key only, so tokens inside the `metadataKey`
+/// Struct (the default layout) are out of its reach. Such a configuration is refused, never run
+/// half-blind.
+pub fn check_native_build(config: &Config, problems: &mut Problems) {
+    let Some(auth) = &config.auth_server else {
+        return;
+    };
+    // Behind mcp_router an accepting instance reads the tokens from the hand-off, never from
+    // metadata.
+    if config
+        .handoff
+        .as_ref()
+        .is_some_and(|h| h.mode == crate::core::config::HandoffMode::Accept)
+    {
+        return;
+    }
+    if let TokenLayout::Struct { key } = &auth.tokens.layout {
+        problems.report(
+            Rule::S19,
+            "authServer.tokens",
+            format!(
+                "the native build reads dynamic metadata by top-level key only (Envoy's \
+                 dynamic-module ABI), so tokens inside the Struct {} are out of reach; set \
+                 tokens.keyPrefix and have the auth filter write one entry per provider (HTTP \
+                 ext_authz's dynamic_metadata_from_headers does), or use the wasm build",
+                quote(key)
+            ),
+        );
     }
 }

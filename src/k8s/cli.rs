@@ -160,14 +160,14 @@ Examples:
     --upstreams github
   outgoing-auth convert -f k8s/examples/ -o envoy
   outgoing-auth convert -f k8s/examples/ -o envoy --mcp-router
-  outgoing-auth convert -f k8s/examples/ -o envoy --native
+  outgoing-auth convert -f k8s/examples/ -o envoy --native --key-prefix x-upstream-token-
   kubectl get mcpexternalauthconfigs,virtualmcpservers -o yaml | outgoing-auth convert -f - \\
     -o istio --wasm oci://registry.example.com/outgoing-auth:0.1.0 --selector app=mcp-gateway
   outgoing-auth convert -f k8s/examples/token-exchange.yaml --default corp-sts \\
     --upstreams corporate-idp -o envoy-gateway \\
     --wasm oci://registry.example.com/outgoing-auth:0.1.0 --target-ref Gateway/mcp-gateway
   outgoing-auth convert -f k8s/examples/token-exchange.yaml --default corp-sts \\
-    --upstreams corporate-idp -o envoy-gateway --native \\
+    --upstreams corporate-idp --key-prefix x-upstream-token- -o envoy-gateway --native \\
     --module /usr/lib/envoy/modules/liboutgoing_auth.so --target-ref Gateway/mcp-gateway
 ";
 
@@ -700,6 +700,7 @@ fn convert_command(args: &[String], io: &mut Io<'_>) -> i32 {
                 Arg::Flag(f @ "--native", v) => {
                     no_value(f, v)?;
                     out.native = true;
+                    opts.native = true;
                 }
                 Arg::Flag(f @ "--wasm", v) => out.wasm = Some(parsed.value(f, v)?.to_owned()),
                 Arg::Flag(f @ "--module", v) => {

@@ -40,6 +40,8 @@ pub struct Options {
     /// `--mcp-router`: also make (and check) the two configs of the hand-off across Envoy's
     /// mcp_router ([`McpRouter`]).
     pub mcp_router: bool,
+    /// `--native`: the Envoy dynamic module runs the config, so its rule S-19 applies too.
+    pub native: bool,
 }
 
 /// The default Envoy cluster name of a token exchange's STS.
@@ -894,6 +896,16 @@ pub fn convert(resources: &[Resource], opts: &Options) -> Result<Conversion, Vec
         }
     };
     let warnings = match validate::load(json.as_bytes(), &env) {
+        Ok(loaded) if opts.native => {
+            let mut problems = crate::core::report::Problems::default();
+            validate::check_native_build(&loaded.config, &mut problems);
+            if problems.has_errors() {
+                report_diags(&problems.into_report(), &mut diags);
+                return Err(diags);
+            }
+            report_diags(&loaded.warnings, &mut diags);
+            loaded.warnings
+        }
         Ok(loaded) => {
             report_diags(&loaded.warnings, &mut diags);
             loaded.warnings

@@ -26,7 +26,7 @@ use crate::core::flow::{self, Engine, ExchangeStep, HandoffRuntime, HostError, S
 use crate::core::handoff::{self, Key};
 use crate::core::mcp;
 use crate::core::metadata;
-use crate::core::report::{Problems, Report, Rule};
+use crate::core::report::{Problems, Report};
 use crate::core::stats::Counter;
 use crate::core::strategy::{Edit, Plans, UpstreamRef};
 use crate::core::stream;
@@ -223,26 +223,11 @@ pub fn new_config(handle: &ConfigHandle, json: &[u8]) -> Option<Arc<Config>> {
     }))
 }
 
-/// Rule S-19: this ABI reads metadata by namespace and top-level key only, so a provider's entry
-/// inside the `metadataKey` Struct is out of reach; the configuration is refused, never run
-/// half-blind.
+/// Rule S-19 ([`validate::check_native_build`]), as a report to log.
 fn nested_metadata_problem(config: &crate::core::config::Config) -> Option<Report> {
-    let auth = config.auth_server.as_ref()?;
-    let TokenLayout::Struct { key } = &auth.tokens.layout else {
-        return None;
-    };
     let mut problems = Problems::default();
-    problems.report(
-        Rule::S19,
-        "authServer.tokens",
-        format!(
-            "the native build reads dynamic metadata by top-level key only (Envoy's \
-             dynamic-module ABI), so tokens inside the Struct {key:?} are out of reach; set \
-             tokens.keyPrefix and have the auth filter write one entry per provider (HTTP \
-             ext_authz's dynamic_metadata_from_headers does), or use the wasm build"
-        ),
-    );
-    Some(problems.into_report())
+    validate::check_native_build(config, &mut problems);
+    problems.has_errors().then(|| problems.into_report())
 }
 
 /// This process's hand-off key, made at random the first time one is needed.
