@@ -8,19 +8,21 @@
 
 use std::sync::Mutex;
 
-use log::{debug, warn};
+use log::{debug, error, info, warn};
 
 use crate::core::config::{
-    BackendNameSource, HandoffConfig, HandoffMode, MissingToken, TokenSource,
+    BackendNameSource, CacheSettings, Config, HandoffConfig, HandoffMode, MissingToken, TokenSource,
 };
 use crate::core::connect;
 use crate::core::error::{AuthError, LocalReply};
 use crate::core::handoff::{self, Handoff, HandoffProblem, Key};
 use crate::core::http;
 use crate::core::mcp;
+use crate::core::report::{Problems, Report};
 use crate::core::stats::Counter;
 use crate::core::strategy::{Decision, Edit, ExchangePlan, Plan, Plans, RequestView, UpstreamRef};
 use crate::core::stream::StreamRecord;
+use crate::core::validate;
 
 /// A host call failed; the request fails closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +158,106 @@ impl HandoffRuntime {
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
+}
+
+/// A configuration an adapter loaded ([`configure`]).
+#[derive(Debug)]
+pub struct Configured {
+    pub engine: Engine,
+    pub cache: CacheSettings,
+    /// What the "configuration loaded" line says of the strategies.
+    strategies: String,
+}
+
+impl Configured {
+    /// The line that says the configuration is in force (the adapter logs it once it is).
+    pub fn log_loaded(&self) {
+        let strategies = &self.strategies;
+        match &self.engine.handoff {
+            Some(h) if !h.accepting() => info!(
+                "outgoing-auth: configuration loaded: issuing the hand-off in {} ({} \
+                 upstream(s)); no strategy here",
+                h.header,
+                h.upstreams.len()
+            ),
+            Some(h) => info!(
+                "outgoing-auth: configuration loaded: {strategies}, accepting the hand-off in {}",
+                h.header
+            ),
+            None => info!("outgoing-auth: configuration loaded: {strategies}"),
+        }
+    }
+}
+
+/// Loads the JSON configuration Envoy handed over, as both adapters do: decoding and every rule
+/// ([`validate::load`]), then the adapter's own rules (`host_rules`), then the engine. Logs each
+/// warning and, when the configuration is refused, each problem (bounded, see [`Report`]) and
+/// the count. `shared_key` is the instances' hand-off key where no `keyEnv` is configured.
+/// `None` means refused: the adapter counts it and tells Envoy.
+pub fn configure(
+    json: &[u8],
+    env: &dyn Fn(&str) -> Option<String>,
+    host_rules: fn(&Config, &mut Problems),
+    shared_key: impl FnOnce() -> Result<Key, String>,
+) -> Option<Configured> {
+    let refused = |report: &Report| {
+        for line in report.lines() {
+            if line.warning {
+                warn!("outgoing-auth: {}", line.text);
+            } else {
+                error!("outgoing-auth: {}", line.text);
+            }
+        }
+        error!(
+            "outgoing-auth: configuration rejected: {} problem(s)",
+            report.errors()
+        );
+    };
+    let loaded = match validate::load(json, env) {
+        Ok(loaded) => loaded,
+        Err(report) => {
+            refused(&report);
+            return None;
+        }
+    };
+    for line in loaded.warnings.lines() {
+        warn!("outgoing-auth: {}", line.text);
+    }
+    let config = loaded.config;
+    let mut problems = Problems::default();
+    host_rules(&config, &mut problems);
+    if problems.has_errors() {
+        refused(&problems.into_report());
+        return None;
+    }
+    let handoff = match &config.handoff {
+        Some(h) => match HandoffRuntime::new(h, Plans::upstream_refs(&config), shared_key) {
+            Ok(runtime) => Some(runtime),
+            Err(why) => {
+                error!("outgoing-auth: configuration rejected: {why}");
+                return None;
+            }
+        },
+        None => None,
+    };
+    let strategies = format!(
+        "{} backend(s), default strategy {}",
+        config.outgoing_auth.backends.len(),
+        config
+            .outgoing_auth
+            .default
+            .as_ref()
+            .map_or("unauthenticated", |s| s.type_name())
+    );
+    Some(Configured {
+        engine: Engine {
+            plans: Plans::build(&config),
+            missing: config.missing_token,
+            handoff,
+        },
+        cache: config.exchange_cache,
+        strategies,
+    })
 }
 
 /// What every request of one filter configuration shares.

@@ -203,3 +203,50 @@ pub fn check_native_build(config: &Config, problems: &mut Problems) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(json: &str) -> Config {
+        super::load(json.as_bytes(), &|_| None).unwrap().config
+    }
+
+    fn s19(config: &Config) -> Option<Report> {
+        let mut problems = Problems::default();
+        check_native_build(config, &mut problems);
+        problems.has_errors().then(|| problems.into_report())
+    }
+
+    #[test]
+    fn a_struct_token_layout_is_refused_with_s19_and_key_prefix_is_not() {
+        let default = load(r#"{"authServer": {"upstreams": ["github"]}, "outgoingAuth": {}}"#);
+        let report = s19(&default).expect("refused");
+        let lines: Vec<String> = report.lines().map(|l| l.text).collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with("[S-19] authServer.tokens:"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].contains("keyPrefix"), "{}", lines[0]);
+
+        let prefix = load(
+            r#"{"authServer": {"upstreams": ["github"], "tokens": {"keyPrefix": "t."}},
+                "outgoingAuth": {}}"#,
+        );
+        assert!(s19(&prefix).is_none());
+        let no_tokens = load(r#"{"outgoingAuth": {}}"#);
+        assert!(s19(&no_tokens).is_none(), "nothing read, nothing refused");
+    }
+
+    #[test]
+    fn an_accepting_hand_off_instance_reads_no_metadata_and_is_exempt_from_s19() {
+        let accepting = load(
+            r#"{"authServer": {"upstreams": ["github"]}, "handoff": {"mode": "accept"},
+                "outgoingAuth": {"backends": {"gh": {"type": "upstream_inject",
+                    "upstreamInject": {"providerName": "github"}}}}}"#,
+        );
+        assert!(s19(&accepting).is_none());
+    }
+}

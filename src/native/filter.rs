@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use log::{debug, error, info, warn};
+use log::{debug, error, warn};
 
 use super::abi::{
     self, CalloutRefused, CalloutResult, ConfigHandle, Level, MetadataSource, MetadataValue,
@@ -22,13 +22,12 @@ use crate::core::config::{BackendNameSource, CacheSettings, TokenLayout, TokenSo
 use crate::core::error::{AuthError, LocalReply};
 use crate::core::exchange::{self, ExchangeFailure, Issued, StsRequest};
 use crate::core::flights::{Departure, Flights};
-use crate::core::flow::{self, Engine, ExchangeStep, HandoffRuntime, HostError, Step, TokenRead};
+use crate::core::flow::{self, Engine, ExchangeStep, HostError, Step, TokenRead};
 use crate::core::handoff::{self, Key};
 use crate::core::mcp;
 use crate::core::metadata;
-use crate::core::report::{Problems, Report};
 use crate::core::stats::Counter;
-use crate::core::strategy::{Edit, Plans, UpstreamRef};
+use crate::core::strategy::{Edit, UpstreamRef};
 use crate::core::stream;
 use crate::core::validate;
 
@@ -146,88 +145,22 @@ pub fn new_config(handle: &ConfigHandle, json: &[u8]) -> Option<Arc<Config>> {
         log::set_max_level(log::LevelFilter::Trace);
     }
     let counters = Counter::ALL.map(|c| handle.define_counter(c.name()));
-    let refuse = |errors: usize| {
-        error!("outgoing-auth: configuration rejected: {errors} problem(s)");
+    let env = |name: &str| std::env::var(name).ok();
+    let Some(configured) = flow::configure(json, &env, validate::check_native_build, shared_key)
+    else {
         if let Some(Some(id)) = counters.get(Counter::ConfigRejected.index()) {
             handle.counters().increment(*id);
         }
-        None
+        return None;
     };
-    let env = |name: &str| std::env::var(name).ok();
-    let loaded = match validate::load(json, &env) {
-        Ok(loaded) => loaded,
-        Err(report) => {
-            for line in report.lines() {
-                if line.warning {
-                    warn!("outgoing-auth: {}", line.text);
-                } else {
-                    error!("outgoing-auth: {}", line.text);
-                }
-            }
-            return refuse(report.errors());
-        }
-    };
-    for line in loaded.warnings.lines() {
-        warn!("outgoing-auth: {}", line.text);
-    }
-    if let Some(report) = nested_metadata_problem(&loaded.config) {
-        for line in report.lines() {
-            error!("outgoing-auth: {}", line.text);
-        }
-        return refuse(report.errors());
-    }
-    let handoff = match &loaded.config.handoff {
-        Some(h) => match HandoffRuntime::new(h, Plans::upstream_refs(&loaded.config), shared_key) {
-            Ok(runtime) => Some(runtime),
-            Err(why) => {
-                error!("outgoing-auth: configuration rejected: {why}");
-                return None;
-            }
-        },
-        None => None,
-    };
-    let plans = Plans::build(&loaded.config);
-    let config = &loaded.config;
-    let strategies = format!(
-        "{} backend(s), default strategy {}",
-        config.outgoing_auth.backends.len(),
-        config
-            .outgoing_auth
-            .default
-            .as_ref()
-            .map_or("unauthenticated", |s| s.type_name())
-    );
-    match &handoff {
-        Some(h) if !h.accepting() => info!(
-            "outgoing-auth: configuration loaded: issuing the hand-off in {} ({} upstream(s)); \
-             no strategy here",
-            h.header,
-            h.upstreams.len()
-        ),
-        Some(h) => info!(
-            "outgoing-auth: configuration loaded: {strategies}, accepting the hand-off in {}",
-            h.header
-        ),
-        None => info!("outgoing-auth: configuration loaded: {strategies}"),
-    }
+    configured.log_loaded();
     Some(Arc::new(Config {
-        engine: Engine {
-            plans,
-            missing: config.missing_token.clone(),
-            handoff,
-        },
+        engine: configured.engine,
         counters,
-        cache: config.exchange_cache,
+        cache: configured.cache,
         table: Mutex::new(HashMap::new()),
         exchanges: Mutex::new(Exchanges::default()),
     }))
-}
-
-/// Rule S-19 ([`validate::check_native_build`]), as a report to log.
-fn nested_metadata_problem(config: &crate::core::config::Config) -> Option<Report> {
-    let mut problems = Problems::default();
-    validate::check_native_build(config, &mut problems);
-    problems.has_errors().then(|| problems.into_report())
 }
 
 /// This process's hand-off key, made at random the first time one is needed.
@@ -844,35 +777,6 @@ impl flow::Host for NativeHost<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn load(json: &str) -> crate::core::config::Config {
-        validate::load(json.as_bytes(), &|_| None).unwrap().config
-    }
-
-    #[test]
-    fn a_struct_token_layout_is_refused_with_s19_and_key_prefix_is_not() {
-        let default = load(r#"{"authServer": {"upstreams": ["github"]}, "outgoingAuth": {}}"#);
-        let report = nested_metadata_problem(&default).expect("refused");
-        let lines: Vec<String> = report.lines().map(|l| l.text).collect();
-        assert_eq!(lines.len(), 1, "{lines:?}");
-        assert!(
-            lines[0].starts_with("[S-19] authServer.tokens:"),
-            "{}",
-            lines[0]
-        );
-        assert!(lines[0].contains("keyPrefix"), "{}", lines[0]);
-
-        let prefix = load(
-            r#"{"authServer": {"upstreams": ["github"], "tokens": {"keyPrefix": "t."}},
-                "outgoingAuth": {}}"#,
-        );
-        assert!(nested_metadata_problem(&prefix).is_none());
-        let no_tokens = load(r#"{"outgoingAuth": {}}"#);
-        assert!(
-            nested_metadata_problem(&no_tokens).is_none(),
-            "nothing read, nothing refused"
-        );
-    }
 
     #[test]
     fn the_key_prefix_layout_names_one_top_level_key_per_provider() {

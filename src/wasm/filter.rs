@@ -13,7 +13,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType};
 
 use super::host;
 use crate::core::cache::{self, CacheKey};
-use crate::core::config::{BackendNameSource, CacheSettings, TokenSource};
+use crate::core::config::{self, BackendNameSource, CacheSettings, TokenSource};
 use crate::core::error::{AuthError, LocalReply};
 use crate::core::exchange::{self, ExchangeFailure, Issued, StsRequest};
 use crate::core::flights::{Departure, Flights};
@@ -21,10 +21,10 @@ use crate::core::flow::{self, Engine, ExchangeStep, HandoffRuntime, HostError, S
 use crate::core::handoff::{self, Key};
 use crate::core::mcp;
 use crate::core::metadata;
+use crate::core::report::Problems;
 use crate::core::stats::Counter;
-use crate::core::strategy::{Edit, Plans, UpstreamRef};
+use crate::core::strategy::{Edit, UpstreamRef};
 use crate::core::stream;
-use crate::core::validate;
 
 /// Metric ids, by [`Counter::index`]; `None` when the host refused to define one.
 type Counters = [Option<u32>; Counter::ALL.len()];
@@ -394,85 +394,31 @@ impl RootContext for Root {
         };
         let env = |name: &str| std::env::var(name).ok();
         let counters = define_counters();
-        match validate::load(&json, &env) {
-            Ok(loaded) => {
-                for line in loaded.warnings.lines() {
-                    warn!("outgoing-auth: {}", line.text);
-                }
-                let plans = Plans::build(&loaded.config);
-                let handoff = match &loaded.config.handoff {
-                    Some(h) => match HandoffRuntime::new(
-                        h,
-                        Plans::upstream_refs(&loaded.config),
-                        shared_handoff_key,
-                    ) {
-                        Ok(runtime) => Some(runtime),
-                        Err(why) => {
-                            error!("outgoing-auth: configuration rejected: {why}");
-                            return false;
-                        }
-                    },
-                    None => None,
-                };
-                let accepting = handoff.as_ref().is_some_and(HandoffRuntime::accepting);
-                if (plans.uses_stream_record() || accepting) && !declare_stream_record() {
-                    return false;
-                }
-                resize_cache_table(loaded.config.exchange_cache.max_entries);
-                let strategies = format!(
-                    "{} backend(s), default strategy {}",
-                    loaded.config.outgoing_auth.backends.len(),
-                    loaded
-                        .config
-                        .outgoing_auth
-                        .default
-                        .as_ref()
-                        .map_or("unauthenticated", |s| s.type_name())
-                );
-                match &handoff {
-                    Some(h) if !h.accepting() => info!(
-                        "outgoing-auth: configuration loaded: issuing the hand-off in {} ({} \
-                         upstream(s)); no strategy here",
-                        h.header,
-                        h.upstreams.len()
-                    ),
-                    Some(h) => info!(
-                        "outgoing-auth: configuration loaded: {strategies}, accepting the \
-                         hand-off in {}",
-                        h.header
-                    ),
-                    None => info!("outgoing-auth: configuration loaded: {strategies}"),
-                }
-                self.runtime = Some(Rc::new(Runtime {
-                    engine: Engine {
-                        plans,
-                        missing: loaded.config.missing_token.clone(),
-                        handoff,
-                    },
-                    cache: loaded.config.exchange_cache,
-                    counters,
-                    flights: RefCell::new(Flights::default()),
-                    root_calls: RefCell::new(HashMap::new()),
-                }));
-                true
+        let no_rules = |_: &config::Config, _: &mut Problems| {};
+        let Some(configured) = flow::configure(&json, &env, no_rules, shared_handoff_key) else {
+            if let Some(Some(id)) = counters.get(Counter::ConfigRejected.index()) {
+                let _ = host::increment(*id);
             }
-            Err(report) => {
-                // At most 100 lines and a "... and K more problems" line, each bounded.
-                for line in report.lines() {
-                    if line.warning {
-                        warn!("outgoing-auth: {}", line.text);
-                    } else {
-                        error!("outgoing-auth: {}", line.text);
-                    }
-                }
-                let errors = report.errors();
-                error!("outgoing-auth: configuration rejected: {errors} problem(s)");
-                if let Some(Some(id)) = counters.get(Counter::ConfigRejected.index()) {
-                    let _ = host::increment(*id);
-                }
-                false
-            }
+            return false;
+        };
+        let engine = &configured.engine;
+        let accepting = engine
+            .handoff
+            .as_ref()
+            .is_some_and(HandoffRuntime::accepting);
+        if (engine.plans.uses_stream_record() || accepting) && !declare_stream_record() {
+            return false;
         }
+        resize_cache_table(configured.cache.max_entries);
+        configured.log_loaded();
+        self.runtime = Some(Rc::new(Runtime {
+            cache: configured.cache,
+            engine: configured.engine,
+            counters,
+            flights: RefCell::new(Flights::default()),
+            root_calls: RefCell::new(HashMap::new()),
+        }));
+        true
     }
 
     fn on_tick(&mut self) {
