@@ -398,6 +398,19 @@ impl CounterSink {
     }
 }
 
+/// Header pairs lent to Envoy for one call (they borrow from `headers`).
+fn module_headers(headers: &[(&str, &str)]) -> Vec<ModuleHeader> {
+    headers
+        .iter()
+        .map(|(k, v)| ModuleHeader {
+            key_ptr: k.as_ptr().cast(),
+            key_length: k.len(),
+            value_ptr: v.as_ptr().cast(),
+            value_length: v.len(),
+        })
+        .collect()
+}
+
 /// Envoy's side of one stream, valid for the duration of the hook it was made in.
 pub struct Stream {
     ptr: FilterEnvoyPtr,
@@ -460,15 +473,7 @@ impl Stream {
 
     /// Sends a local reply; the request goes no further.
     pub fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &str) {
-        let mut list: Vec<ModuleHeader> = headers
-            .iter()
-            .map(|(k, v)| ModuleHeader {
-                key_ptr: k.as_ptr().cast(),
-                key_length: k.len(),
-                value_ptr: v.as_ptr().cast(),
-                value_length: v.len(),
-            })
-            .collect();
+        let mut list = module_headers(headers);
         // SAFETY: stream pointer of the running hook; the header list and body live for the
         // call, and Envoy copies them.
         unsafe {
@@ -659,15 +664,7 @@ impl Stream {
         body: &[u8],
         timeout_ms: u64,
     ) -> Result<u64, CalloutRefused> {
-        let mut list: Vec<ModuleHeader> = headers
-            .iter()
-            .map(|(k, v)| ModuleHeader {
-                key_ptr: k.as_ptr().cast(),
-                key_length: k.len(),
-                value_ptr: v.as_ptr().cast(),
-                value_length: v.len(),
-            })
-            .collect();
+        let mut list = module_headers(headers);
         let mut id = 0u64;
         // SAFETY: stream pointer of the running hook; the cluster name, headers and body live
         // for the call and Envoy copies them; `id` is a valid out-pointer.
