@@ -41,7 +41,7 @@ build-native: ## Build only the Envoy dynamic module (for Envoy 1.40): target/re
 	cargo build --release --lib
 	@ls -l $(NATIVE) | awk '{print "built $(NATIVE): " $$5 " bytes"}'
 
-wasm: ## Build only the filter, without .venv (what docker compose's envoy image builds with)
+wasm: ## Build only the wasm filter, without .venv (what docker compose's envoy image builds with)
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
 	cargo build --release --target $(WASM_TARGET) --lib
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
@@ -63,7 +63,7 @@ test: test-unit test-e2e ## Everything: native unit tests, then end-to-end tests
 test-unit: ## Native unit tests of the pure logic (cargo test)
 	cargo test --all-targets
 
-test-e2e: build ## End-to-end tests: the real Envoy 1.40 binary on loopback ports
+test-e2e: build ## End-to-end tests: the real Envoy 1.40 binary on loopback ports, each test with both builds
 	ENVOY_BIN=$(ENVOY) WASM_PATH=$(CURDIR)/$(WASM) NATIVE_PATH=$(CURDIR)/$(NATIVE) $(PY) -m pytest -q tests/e2e
 
 lint: setup ## rustfmt check and clippy (native and wasm target), warnings are errors
