@@ -693,9 +693,14 @@ impl flow::Host for NativeHost<'_> {
                 raw: Ok(Some(token)),
                 typed_string: Some(true),
             },
-            // Present but no string: never a credential.
-            Some(MetadataValue::Number(_) | MetadataValue::Other) => TokenRead {
-                raw: Ok(Some(vec![0u8; 8])),
+            // Present but no string, never a credential: the bytes the wasm build reads for
+            // such a value (a number's 8 f64 bytes; a NUL for a bool, list or Struct).
+            Some(MetadataValue::Number(n)) => TokenRead {
+                raw: Ok(Some(n.to_le_bytes().to_vec())),
+                typed_string: Some(false),
+            },
+            Some(MetadataValue::Other) => TokenRead {
+                raw: Ok(Some(vec![0u8])),
                 typed_string: Some(false),
             },
         }
