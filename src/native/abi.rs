@@ -517,30 +517,42 @@ impl Stream {
         body
     }
 
-    /// A metadata value by namespace and top-level key.
+    /// A metadata string by namespace and top-level key (one call; `None` for anything else).
+    pub fn metadata_string(
+        &self,
+        source: MetadataSource,
+        namespace: &str,
+        key: &str,
+    ) -> Option<Vec<u8>> {
+        let mut value = EnvoyBuffer::empty();
+        // SAFETY: stream pointer of the running hook; buffers live for the call; `value` is a
+        // valid out-pointer and is copied before return.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_get_metadata_string(
+                self.ptr,
+                source.abi(),
+                ModuleBuffer::of(namespace.as_bytes()),
+                ModuleBuffer::of(key.as_bytes()),
+                &mut value,
+            )
+        };
+        // SAFETY: Envoy's metadata string, valid until this hook returns.
+        found.then(|| unsafe { value.to_vec() })
+    }
+
+    /// A metadata value by namespace and top-level key: a string in one call; telling a number
+    /// or another value from an absent one takes more calls (only on the way to a refusal).
     pub fn metadata(
         &self,
         source: MetadataSource,
         namespace: &str,
         key: &str,
     ) -> Option<MetadataValue> {
-        let mut value = EnvoyBuffer::empty();
+        if let Some(value) = self.metadata_string(source, namespace, key) {
+            return Some(MetadataValue::String(value));
+        }
         let ns = ModuleBuffer::of(namespace.as_bytes());
         let k = ModuleBuffer::of(key.as_bytes());
-        // SAFETY: stream pointer of the running hook; buffers live for the call; `value` is a
-        // valid out-pointer and is copied before return.
-        if unsafe {
-            envoy_dynamic_module_callback_http_get_metadata_string(
-                self.ptr,
-                source.abi(),
-                ns,
-                k,
-                &mut value,
-            )
-        } {
-            // SAFETY: Envoy's metadata string, valid until this hook returns.
-            return Some(MetadataValue::String(unsafe { value.to_vec() }));
-        }
         let mut number = 0f64;
         // SAFETY: as above; `number` is a valid out-pointer.
         if unsafe {

@@ -383,7 +383,7 @@ impl Filter {
             Ok(()) => Ok(false),
             Err(failure) => {
                 self.state().waiting = false;
-                self.finish(stream, &key, Err(failure.clone()));
+                self.finish(&key, Err(failure.clone()));
                 Err(AuthError::Exchange(failure))
             }
         }
@@ -490,13 +490,13 @@ impl Filter {
                 Err(failure)
             }
         };
-        self.finish(stream, &key, outcome.clone());
+        self.finish(&key, outcome.clone());
         self.resume(stream, outcome);
     }
 
     /// The flight for `key` is over: every other waiter gets `outcome` in its mailbox and is
     /// woken on its own worker.
-    fn finish(&self, _stream: &Stream, key: &CacheKey, outcome: Result<String, ExchangeFailure>) {
+    fn finish(&self, key: &CacheKey, outcome: Result<String, ExchangeFailure>) {
         let mut exchanges = lock(&self.config.exchanges);
         let Some(flight) = exchanges.flights.finish(key) else {
             return;
@@ -574,7 +574,7 @@ impl Filter {
         if let Err(failure) = self.send(stream, &call) {
             self.config
                 .count(stream, Counter::exchange_failure(&failure));
-            self.finish(stream, &key, Err(failure.clone()));
+            self.finish(&key, Err(failure.clone()));
             self.resume(stream, Err(failure));
         }
     }
@@ -654,23 +654,20 @@ impl flow::Host for NativeHost<'_> {
 
     fn backend_name(&self, sources: &[BackendNameSource]) -> Option<Vec<u8>> {
         sources.iter().find_map(|source| {
-            let value = match source {
-                BackendNameSource::RouteMetadata => {
-                    self.stream
-                        .metadata(MetadataSource::Route, BACKEND_NAMESPACE, BACKEND_KEY)
-                }
-                BackendNameSource::ClusterMetadata => {
-                    self.stream
-                        .metadata(MetadataSource::Cluster, BACKEND_NAMESPACE, BACKEND_KEY)
-                }
-                BackendNameSource::ClusterName => {
-                    self.stream.cluster_name().map(MetadataValue::String)
-                }
+            let name = match source {
+                BackendNameSource::RouteMetadata => self.stream.metadata_string(
+                    MetadataSource::Route,
+                    BACKEND_NAMESPACE,
+                    BACKEND_KEY,
+                ),
+                BackendNameSource::ClusterMetadata => self.stream.metadata_string(
+                    MetadataSource::Cluster,
+                    BACKEND_NAMESPACE,
+                    BACKEND_KEY,
+                ),
+                BackendNameSource::ClusterName => self.stream.cluster_name(),
             };
-            match value {
-                Some(MetadataValue::String(name)) if !name.is_empty() => Some(name),
-                _ => None,
-            }
+            name.filter(|n| !n.is_empty())
         })
     }
 
@@ -736,9 +733,9 @@ impl flow::Host for NativeHost<'_> {
             self.stream
                 .metadata(MetadataSource::Dynamic, MCP_NAMESPACE, key)
         };
-        let Some(MetadataValue::String(method)) = read("method") else {
-            return None;
-        };
+        let method =
+            self.stream
+                .metadata_string(MetadataSource::Dynamic, MCP_NAMESPACE, "method")?;
         let method = std::str::from_utf8(&method).ok()?;
         let id = read("id")?;
         let id = match &id {
