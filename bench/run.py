@@ -602,8 +602,8 @@ def main() -> int:
         f"outgoing_auth.wasm: {wasm_size:,} bytes; liboutgoing_auth.so (the native build, an Envoy dynamic module): {Path(NATIVE).stat().st_size:,} bytes.",
         "",
         "Envoy CPU µs/request is the system-under-test Envoy's own CPU time (all threads, from /proc) "
-        "divided by the requests it served: unlike throughput it barely moves when something else "
-        "loads the machine, so it is the steadier measure of what each filter costs.",
+        "divided by the requests it served: it moves much less than throughput when something else "
+        "loads the machine, so it is the steadier measure of what each filter costs (absolute µs only compare within one run).",
         "",
         "| arm | req/s (median) | p50 µs | p99 µs | × no filter | × cheapest wasm inject (same placement) | Envoy CPU µs/request | added CPU µs/request | RSS MiB | non-2xx |",
         "|---|---|---|---|---|---|---|---|---|---|",
