@@ -74,12 +74,12 @@ lint: setup ## rustfmt check and clippy (native and wasm target), warnings are e
 run: build ## Demo: Envoy + the filter, ext_authz, an STS and three MCP servers on loopback (Ctrl-C stops all)
 	ENVOY_BIN=$(ENVOY) WASM_PATH=$(CURDIR)/$(WASM) $(PY) envoy/demo.py $(DEMO_ARGS)
 
-bench: build ## Benchmarks in a real Envoy, side by side with no filter, Lua, credential_injector (writes bench/results.md; minutes)
+bench: build ## Benchmarks in a real Envoy, both builds (wasm, native) side by side with no filter, Lua, credential_injector (writes bench/results.md; minutes)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	cd bench/noop && CARGO_TARGET_DIR=$(CURDIR)/$(BENCH_TARGET) cargo build --release --target $(WASM_TARGET)
 	cd bench/inject && CARGO_TARGET_DIR=$(CURDIR)/$(BENCH_TARGET) cargo build --release --target $(WASM_TARGET)
 	cd bench/naive && CARGO_TARGET_DIR=$(CURDIR)/$(BENCH_TARGET) cargo build --release --target $(WASM_TARGET)
-	ENVOY_BIN=$(ENVOY) WASM_PATH=$(CURDIR)/$(WASM) NOOP_WASM=$(CURDIR)/$(NOOP_WASM) INJECT_WASM=$(CURDIR)/$(INJECT_WASM) NAIVE_WASM=$(CURDIR)/$(NAIVE_WASM) $(PY) bench/run.py
+	ENVOY_BIN=$(ENVOY) WASM_PATH=$(CURDIR)/$(WASM) NOOP_WASM=$(CURDIR)/$(NOOP_WASM) INJECT_WASM=$(CURDIR)/$(INJECT_WASM) NAIVE_WASM=$(CURDIR)/$(NAIVE_WASM) NATIVE_PATH=$(CURDIR)/$(NATIVE) $(PY) bench/run.py
 
 bench-micro: ## Micro-benchmarks of the hot pure functions (cargo bench)
 	cargo bench --bench hot_path

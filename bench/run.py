@@ -6,9 +6,15 @@ only in the filter under test. All arms run at once on their own ports and are d
 rounds by wrk, so a noisy neighbour slows every arm of a round alike; the report uses ratios
 measured within a round. The upstream is a separate Envoy answering with `direct_response`.
 
+The filter is measured in both builds: the proxy-wasm module (WASM_PATH) and the Envoy dynamic
+module (NATIVE_PATH, liboutgoing_auth.so, found by Envoy through ENVOY_DYNAMIC_MODULES_SEARCH_PATH).
+Before the rounds, one probe request through every arm checks that the backend received the
+Authorization header that arm must send (the upstream echoes it on /probe only).
+
 Environment knobs: BENCH_ROUNDS (default 5), BENCH_SECONDS per arm per round (default 5),
 BENCH_CONNECTIONS (32), BENCH_THREADS (2), BENCH_WORKERS (Envoy workers, 2),
-BENCH_SOAK_REQUESTS (1000000; 0 skips the cache soak), BENCH_ARMS (comma list to run a subset).
+BENCH_SOAK_REQUESTS (1000000; 0 skips the cache soak), BENCH_ARMS (comma list to run a subset;
+the arms the ratios and goals need always run).
 Standard library only.
 """
 
@@ -26,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,6 +45,7 @@ WASM = os.environ.get("WASM_PATH", "")
 NOOP_WASM = os.environ.get("NOOP_WASM", "")
 INJECT_WASM = os.environ.get("INJECT_WASM", "")
 NAIVE_WASM = os.environ.get("NAIVE_WASM", "")
+NATIVE = os.environ.get("NATIVE_PATH", "")
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
@@ -58,13 +66,18 @@ ROUTER = {
     "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
 }
 # Stands in for the auth filter in every arm, so the arms differ only in the filter under test.
+# The token is written twice: in the Struct `upstream_tokens` (what the wasm arms and Lua read)
+# and as the top-level key `upstream_tokens.github` (the keyPrefix layout, the only one the
+# dynamic-module ABI can read, rule S-19); every arm gets both, so set_metadata costs them alike.
 SET_METADATA = {
     "name": "envoy.filters.http.set_metadata",
     "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config",
-        "metadata": [{"metadata_namespace": TOKEN_NS, "value": {"upstream_tokens": {"github": TOKEN}}}],
+        "metadata": [{"metadata_namespace": TOKEN_NS, "value": {"upstream_tokens": {"github": TOKEN}, "upstream_tokens.github": TOKEN}}],
     },
 }
+DYNAMIC_MODULE_FILTER = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+PROBE_HEADER = "x-bench-authorization"
 LUA_INJECT = """
 function envoy_on_request(handle)
   local md = handle:streamInfo():dynamicMetadata():get("envoy.filters.http.ext_authz")
@@ -106,6 +119,26 @@ def wasm_filter(path: str, configuration: dict | None = None, env_keys: list[str
         "name": "envoy.filters.http.wasm",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": config},
     }
+
+
+def native_filter(configuration: dict) -> dict:
+    """The outgoing-auth dynamic module (liboutgoing_auth.so) with the same JSON config as the wasm."""
+    return {
+        "name": "outgoing_auth",
+        "typed_config": {
+            "@type": DYNAMIC_MODULE_FILTER,
+            "dynamic_module_config": {"name": "outgoing_auth"},
+            "filter_name": "outgoing_auth",
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(configuration)},
+        },
+    }
+
+
+def key_prefix(config: dict) -> dict:
+    """`config` reading the tokens in the keyPrefix layout (`upstream_tokens.<provider>`), as the
+    native build must (a Struct layout is refused, S-19)."""
+    auth = dict(config["authServer"], tokens={"metadataNamespace": TOKEN_NS, "keyPrefix": "upstream_tokens."})
+    return config | {"authServer": auth}
 
 
 def inject_config(backends: bool = True, sources: list[str] | None = None) -> dict:
@@ -158,7 +191,10 @@ def cluster(name: str, port: int, http_filters: list | None = None) -> dict:
     return c
 
 
-def listener(name: str, port: int, http_filters: list, route: dict) -> dict:
+def listener(name: str, port: int, http_filters: list, route: dict, probe: dict | None = None) -> dict:
+    routes = [{"match": {"prefix": "/"}, **route}]
+    if probe is not None:
+        routes.insert(0, {"match": {"path": "/probe"}, **probe})
     return {
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
@@ -167,7 +203,7 @@ def listener(name: str, port: int, http_filters: list, route: dict) -> dict:
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                 "stat_prefix": name,
-                "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, **route}]}]},
+                "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
                 "http_filters": http_filters,
             },
         }]}],
@@ -182,8 +218,11 @@ class Arm:
     backend_filters: list | None = None
     secrets: list = field(default_factory=list)
     wrk_script: str | None = None
+    # The Authorization header the backend must receive from this arm (checked once, before the rounds).
+    expect: str = f"Bearer {TOKEN}"
     # The cheapest-inject arm in the same placement, for the "× cheapest wasm inject" ratio.
     yardstick: str = "inject"
+    native: bool = False
     env: dict = field(default_factory=dict)
     port: int = 0
     admin: int = 0
@@ -195,6 +234,8 @@ class Arm:
     cpu_us: list = field(default_factory=list)
     ratio_none: list = field(default_factory=list)
     ratio_inject: list = field(default_factory=list)
+    # Ratios against other arms, taken within each round: {other arm key: [ratio per round]}.
+    ratio_to: dict = field(default_factory=dict)
     non2xx: int = 0
     rss_mib: float = 0.0
 
@@ -202,8 +243,8 @@ class Arm:
 def arms(upstream_port: int, sts_port: int) -> list[Arm]:
     ex = exchange_config(sts_port)
     return [
-        Arm("none", "no filter (the limit)", [SET_METADATA, ROUTER]),
-        Arm("noop", "wasm filter that does nothing", [SET_METADATA, wasm_filter(NOOP_WASM), ROUTER]),
+        Arm("none", "no filter (the limit)", [SET_METADATA, ROUTER], expect=f"Bearer {GATEWAY_TOKEN}"),
+        Arm("noop", "wasm filter that does nothing", [SET_METADATA, wasm_filter(NOOP_WASM), ROUTER], expect=f"Bearer {GATEWAY_TOKEN}"),
         Arm("inject", "cheapest possible wasm inject", [SET_METADATA, wasm_filter(INJECT_WASM), ROUTER]),
         Arm("oa", "outgoing-auth upstream_inject (listener)", [SET_METADATA, wasm_filter(WASM, inject_config()), ROUTER]),
         Arm("oa_cluster_name", "outgoing-auth upstream_inject, backendNameSources [clusterName] (listener)", [SET_METADATA, wasm_filter(WASM, inject_config(sources=["clusterName"])), ROUTER]),
@@ -227,9 +268,17 @@ def arms(upstream_port: int, sts_port: int) -> list[Arm]:
                     "credential": {"name": "static-credential"}, "header": "Authorization"}},
             },
         }, ROUTER], secrets=[{"name": "static-credential", "generic_secret": {"secret": {"inline_string": f"Bearer {TOKEN}"}}}]),
-        Arm("te_warm", "outgoing-auth token_exchange, warm cache (all hits)", [SET_METADATA, wasm_filter(WASM, ex), ROUTER]),
+        Arm("te_warm", "outgoing-auth token_exchange, warm cache (all hits)", [SET_METADATA, wasm_filter(WASM, ex), ROUTER], expect=f"Bearer {ISSUED}"),
         Arm("te_miss", "outgoing-auth token_exchange, every request a miss", [SET_METADATA, wasm_filter(WASM, exchange_config(sts_port, max_entries=0)), ROUTER],
-            wrk_script="distinct"),
+            wrk_script="distinct", expect=f"Bearer {ISSUED}"),
+        # The same filter as the Envoy dynamic module (liboutgoing_auth.so): no VM, same JSON config
+        # except the token layout (keyPrefix). The wasm yardstick of the same placement stays the
+        # "× cheapest wasm inject" reference; the goals compare with credential_injector.
+        Arm("native", "native outgoing-auth upstream_inject (listener)", [SET_METADATA, native_filter(key_prefix(inject_config())), ROUTER], native=True),
+        Arm("native_upstream", "native outgoing-auth upstream_inject (cluster upstream filter)", [SET_METADATA, ROUTER],
+            backend_filters=[native_filter(key_prefix(inject_config()))], yardstick="inject_upstream", native=True),
+        Arm("native_te_warm", "native outgoing-auth token_exchange, warm cache (all hits)", [SET_METADATA, native_filter(ex), ROUTER],
+            expect=f"Bearer {ISSUED}", native=True),
     ]
 
 
@@ -251,7 +300,12 @@ def upstream_bootstrap(admin: int, port: int, sts_port: int) -> dict:
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {"listeners": [
-            listener("upstream", port, [ROUTER], direct(200, "ok", "text/plain")),
+            # /probe echoes the Authorization header it received (the check before the rounds);
+            # the benchmarked path `/` does not, so it costs nothing per request.
+            listener("upstream", port, [ROUTER], direct(200, "ok", "text/plain"), probe={
+                "direct_response": {"status": 200, "body": {"inline_string": "probe"}},
+                "response_headers_to_add": [{"header": {"key": PROBE_HEADER, "value": "%REQ(authorization)%"}}],
+            }),
             listener("sts", sts_port, [ROUTER], direct(200, sts_body, "application/json")),
         ]},
     }
@@ -261,9 +315,12 @@ def start_envoy(config: dict, workdir: Path, name: str, concurrency: int, admin:
     path = workdir / f"{name}.json"
     path.write_text(json.dumps(config))
     log = open(workdir / f"{name}.log", "w")
+    env = dict(os.environ)
+    if NATIVE:  # where Envoy finds liboutgoing_auth.so (dynamic_module_config.name outgoing_auth)
+        env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(Path(NATIVE).resolve().parent)
     proc = subprocess.Popen(
         [ENVOY, "-c", str(path), "--disable-hot-restart", "--concurrency", str(concurrency), "-l", "warning", "--base-id-path", str(workdir / f"{name}.id")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
     )
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -353,6 +410,37 @@ def stat(admin: int, name: str) -> int:
     return 0
 
 
+def counter(arm: Arm, name: str) -> int:
+    """One of the filter's counters (`token_exchange.cache_hit`), in the arm's build: wasm
+    `wasmcustom.outgoing_auth.*`, native `dynamicmodulescustom.outgoing_auth.*` (a cluster
+    filter's under `cluster.<name>.`, summed)."""
+    full = ("dynamicmodulescustom." if arm.native else "wasmcustom.") + "outgoing_auth." + name
+    total = 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{arm.admin}/stats?filter={re.escape(full)}$", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            k, _, v = line.partition(": ")
+            if (k == full or k.endswith("." + full)) and v.strip().isdigit():
+                total += int(v)
+    return total
+
+
+def probe(arm: Arm) -> str | None:
+    """One request through the arm to the upstream's /probe; None when the backend received the
+    Authorization header the arm must send, else what went wrong."""
+    req = urllib.request.Request(f"http://127.0.0.1:{arm.port}/probe", headers={"Authorization": f"Bearer {GATEWAY_TOKEN}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            seen = r.headers.get(PROBE_HEADER)
+            status = r.status
+    except urllib.error.HTTPError as e:
+        return f"HTTP {e.code}"
+    except OSError as e:
+        return str(e)
+    if status != 200 or seen != arm.expect:
+        return f"HTTP {status}, backend got Authorization {seen!r}, expected {arm.expect!r}"
+    return None
+
+
 def soak(arm_cfg: list, upstream_port: int, sts_port: int, workdir: Path) -> list[str]:
     """token_exchange with SOAK_SUBJECTS distinct subjects over SOAK_REQUESTS requests, a cache of
     SOAK_CACHE_ENTRIES slots: memory must stay flat while the cache evicts."""
@@ -383,6 +471,54 @@ def soak(arm_cfg: list, upstream_port: int, sts_port: int, workdir: Path) -> lis
     return lines
 
 
+# The goals, checked from the same run (never a timed assertion: the run reports, a reader judges).
+CPU_GOAL_US = 2.0  # native upstream_inject's added CPU at most this much above credential_injector's
+RATIO_GOAL = 0.95  # throughput ratios, taken within each round (median over rounds)
+# (arm, reference arm) pairs whose within-round throughput ratio every round line prints.
+ROUND_RATIOS = [("native", "credential_injector"), ("native_te_warm", "native"), ("oa", "credential_injector"), ("te_warm", "oa")]
+
+
+def goals(by_key: dict[str, Arm], none_cpu: float) -> list[str]:
+    """The goals section: each goal's measured value, target and pass/fail, then the same ratios
+    for the other arms side by side (no goal; for comparison)."""
+    def added(key: str) -> float:
+        return statistics.median(by_key[key].cpu_us) - none_cpu
+
+    def ratio(key: str, ref: str) -> list[float] | None:
+        return by_key[key].ratio_to.get(ref) if key in by_key and ref in by_key else None
+
+    rows = []
+    if "native" in by_key and "credential_injector" in by_key:
+        diff = added("native") - added("credential_injector")
+        rows.append(("native upstream_inject's added Envoy CPU minus credential_injector's",
+                     f"{diff:+.1f} µs/request (native {added('native'):+.1f}, credential_injector {added('credential_injector'):+.1f})",
+                     f"≤ {CPU_GOAL_US:+.1f} µs", diff <= CPU_GOAL_US))
+    else:
+        rows.append(("native upstream_inject's added Envoy CPU minus credential_injector's", "not run", f"≤ {CPU_GOAL_US:+.1f} µs", None))
+    for key, ref, what in [("native", "credential_injector", "native upstream_inject throughput × credential_injector's"),
+                           ("native_te_warm", "native", "native token_exchange (warm) throughput × native upstream_inject's")]:
+        r = ratio(key, ref)
+        rows.append((what, spread(r) if r else "not run", f"≥ {RATIO_GOAL:.2f}", statistics.median(r) >= RATIO_GOAL if r else None))
+    verdict = {True: "**pass**", False: "**FAIL**", None: "not measured"}
+    lines = [
+        "## Goals (this run)",
+        "",
+        "Added CPU is an arm's median Envoy CPU µs/request minus no filter's; throughput ratios are taken "
+        "within each round, median (min–max over rounds).",
+        "",
+        "| goal | measured | target | result |",
+        "|---|---|---|---|",
+    ] + [f"| {what} | {measured} | {target} | {verdict[ok]} |" for what, measured, target, ok in rows]
+    compare = [(k, ref) for k, ref in [("native_upstream", "credential_injector"), ("oa", "credential_injector"), ("oa_upstream", "credential_injector"),
+                                       ("native", "oa"), ("native_upstream", "oa_upstream"), ("te_warm", "oa"), ("native_te_warm", "te_warm")]
+               if ratio(k, ref)]
+    if compare:
+        lines += ["", "Side by side, same run (no goal):", "",
+                  "| arm | × reference (throughput, within a round) | added CPU µs/request | reference's added CPU |", "|---|---|---|---|"]
+        lines += [f"| {by_key[k].title} | {spread(ratio(k, ref))} × {by_key[ref].title} | {added(k):+.1f} | {added(ref):+.1f} |" for k, ref in compare]
+    return lines
+
+
 def stop(proc: subprocess.Popen | None) -> None:
     if proc and proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -393,7 +529,8 @@ def stop(proc: subprocess.Popen | None) -> None:
 
 
 def main() -> int:
-    for name, value in [("ENVOY_BIN", ENVOY), ("WASM_PATH", WASM), ("NOOP_WASM", NOOP_WASM), ("INJECT_WASM", INJECT_WASM), ("NAIVE_WASM", NAIVE_WASM)]:
+    for name, value in [("ENVOY_BIN", ENVOY), ("WASM_PATH", WASM), ("NOOP_WASM", NOOP_WASM), ("INJECT_WASM", INJECT_WASM), ("NAIVE_WASM", NAIVE_WASM),
+                        ("NATIVE_PATH", NATIVE)]:
         if not value or not Path(value).exists():
             print(f"bench: {name} must name an existing file (run through `make bench`)", file=sys.stderr)
             return 2
@@ -410,6 +547,11 @@ def main() -> int:
             arm.port, arm.admin = free_port(), free_port()
             arm.proc = start_envoy(sut_bootstrap(arm, upstream_port, sts_port), workdir, arm.key, WORKERS, arm.admin)
         print(f"bench: {len(all_arms)} arms, {ROUNDS} rounds x {SECONDS} s, wrk -t{THREADS} -c{CONNECTIONS}, Envoy --concurrency {WORKERS}", flush=True)
+        wrong = [f"{arm.key}: {err}" for arm in all_arms if (err := probe(arm))]
+        if wrong:
+            print(f"bench: an arm does not send what it must, not measuring it (Envoy logs in {workdir}):\n  " + "\n  ".join(wrong), file=sys.stderr)
+            return 1
+        print(f"bench: probe: every arm's backend received the expected Authorization header ({', '.join(a.key for a in all_arms)})", flush=True)
         for arm in all_arms:  # warm-up: VM start, connection pools, the warm cache
             run_wrk(arm.port, 1, arm.wrk_script, workdir)
         by_key = {a.key: a for a in all_arms}
@@ -427,9 +569,16 @@ def main() -> int:
             for arm in all_arms:
                 arm.ratio_none.append(results[arm.key]["rps"] / results["none"]["rps"])
                 arm.ratio_inject.append(results[arm.key]["rps"] / results[arm.yardstick]["rps"])
-            print(f"bench: round {rnd + 1}/{ROUNDS}: " + ", ".join(f"{a.key} {results[a.key]['rps']:.0f}/s" for a in all_arms), flush=True)
+                for other in results:
+                    arm.ratio_to.setdefault(other, []).append(results[arm.key]["rps"] / results[other]["rps"])
+            print(f"bench: round {rnd + 1}/{ROUNDS}: " + ", ".join(f"{a.key} {results[a.key]['rps']:.0f}/s {results[a.key]['cpu_us']:.1f}µs" for a in all_arms), flush=True)
+            pairs = [f"{k}/{ref} {results[k]['rps'] / results[ref]['rps']:.3f}" for k, ref in ROUND_RATIOS if k in results and ref in results]
+            if pairs:
+                print(f"bench: round {rnd + 1}/{ROUNDS} ratios: " + ", ".join(pairs), flush=True)
         for arm in all_arms:
             arm.rss_mib = rss_mib(arm.proc.pid)
+        exchange_counts = {a.key: (counter(a, "token_exchange.cache_hit"), counter(a, "token_exchange.cache_miss"))
+                           for a in all_arms if a.key in ("te_warm", "native_te_warm")}
         soak_lines = soak(all_arms, upstream_port, sts_port, workdir) if SOAK_REQUESTS > 0 and WASM else []
     finally:
         for arm in all_arms:
@@ -447,12 +596,14 @@ def main() -> int:
         f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}. Envoy {envoy_version}, {rustc}.",
         f"Method: every arm is its own Envoy (--concurrency {WORKERS}) in front of the same direct_response Envoy; "
         f"wrk -t{THREADS} -c{CONNECTIONS}, {ROUNDS} rounds of {SECONDS} s per arm in rotating order; ratios are taken within a round, "
-        "shown as median (min–max over rounds). Every arm runs set_metadata first (standing in for the auth filter).",
-        f"outgoing_auth.wasm: {wasm_size:,} bytes.",
+        "shown as median (min–max over rounds). Every arm runs set_metadata first (standing in for the auth filter; it writes the token "
+        "both in a Struct and as the top-level key the native build's keyPrefix layout reads). Before the rounds one probe request "
+        "through every arm checked that the backend received the Authorization header that arm must send.",
+        f"outgoing_auth.wasm: {wasm_size:,} bytes; liboutgoing_auth.so (the native build, an Envoy dynamic module): {Path(NATIVE).stat().st_size:,} bytes.",
         "",
         "Envoy CPU µs/request is the system-under-test Envoy's own CPU time (all threads, from /proc) "
-        "divided by the requests it served: unlike throughput it barely moves when something else "
-        "loads the machine, so it is the steadier measure of what each filter costs.",
+        "divided by the requests it served: it moves much less than throughput when something else "
+        "loads the machine, so it is the steadier measure of what each filter costs (absolute µs only compare within one run).",
         "",
         "| arm | req/s (median) | p50 µs | p99 µs | × no filter | × cheapest wasm inject (same placement) | Envoy CPU µs/request | added CPU µs/request | RSS MiB | non-2xx |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -465,6 +616,10 @@ def main() -> int:
             f"{spread(arm.ratio_none)} | {spread(arm.ratio_inject)} | {cpu:.1f} ({min(arm.cpu_us):.1f}–{max(arm.cpu_us):.1f}) | "
             f"{cpu - none_cpu:+.1f} | {arm.rss_mib:.1f} | {arm.non2xx} |"
         )
+    if exchange_counts:
+        lines += ["", "Warm token_exchange arms' counters after the run (warm-up and probe included): "
+                  + "; ".join(f"{by_key[k].title}: {hits:,} cache hits, {misses:,} misses" for k, (hits, misses) in exchange_counts.items()) + "."]
+    lines += [""] + goals(by_key, none_cpu)
     if soak_lines:
         lines += ["", "## Cache soak", ""] + soak_lines
     report = "\n".join(lines) + "\n"
